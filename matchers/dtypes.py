@@ -18,7 +18,8 @@ class DType(enum.StrEnum):
     @property
     def numpy(self) -> np.dtype:
         """The numpy dtype used to store values of this type."""
-        return np.dtype({"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16}[self.value])
+        table = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16}
+        return np.dtype(table[self.value])
 
     @property
     def itemsize(self) -> int:

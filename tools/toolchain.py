@@ -1,0 +1,298 @@
+"""The one door to IREE's command-line tools: every `iree-*` process tdkit starts is started here.
+
+- `CompileOptions` (a frozen dataclass) and `compile_argv` (a pure function) describe a compile;
+- `compile_module` writes every artifact of one compile to one directory (payload.mlir,
+  strategy.mlir, command.txt, stderr.txt, module.vmfb, configurations/);
+- `run_module` and `benchmark_module` execute a compiled module in a child process, so a
+  kernel that crashes or hangs cannot take tdkit down with it;
+- every call has a timeout, and failures raise `ToolError` carrying the command, the stderr
+  tail and a one-line repro.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from tdkit.tools.errors import ToolError
+
+COMPILER_ENV = "TDKIT_IREE_COMPILE"
+STDERR_TAIL_LINES = 30
+
+# Flags that select a target device, per target name.
+TARGET_FLAGS: dict[str, tuple[str, ...]] = {
+    "llvm-cpu": ("--iree-hal-target-device=local",
+                 "--iree-hal-local-target-device-backends=llvm-cpu"),
+    "cuda": ("--iree-hal-target-device=cuda",),
+    "rocm": ("--iree-hal-target-device=hip",),
+}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How to compile one payload module.
+
+    Attributes:
+      target: "llvm-cpu" (runs here), "cuda" or "rocm" (compile only).
+      cpu: `--iree-llvmcpu-target-cpu` for llvm-cpu ("host" = this machine).
+      gpu_arch: `--iree-cuda-target` / `--iree-rocm-target` for GPU targets.
+      library_entry: the named sequence of a transform library to run (kernel-config entry).
+      link_embedded: False links with the system linker (libm available; needed by IREE's
+        default pipeline for f16 softmax, which calls `fmaxf`).
+      compile_to: stop after this phase (e.g. "executable-configurations").
+      extra_flags: anything else, appended verbatim.
+      timeout_s: kill iree-compile after this many seconds.
+    """
+
+    target: str = "llvm-cpu"
+    cpu: str = "host"
+    gpu_arch: str | None = None
+    library_entry: str = "__kernel_config"
+    link_embedded: bool = True
+    compile_to: str | None = None
+    extra_flags: tuple[str, ...] = ()
+    timeout_s: float = 600.0
+
+
+def compile_argv(compiler: str, source: Path, output: Path, opts: CompileOptions, *,
+                 library: Path | None = None, dump_configurations: Path | None = None) -> list[str]:
+    """The exact iree-compile command line for one compile (pure: no I/O)."""
+    if opts.target not in TARGET_FLAGS:
+        raise ValueError(f"unknown target {opts.target!r}; expected one of {sorted(TARGET_FLAGS)}")
+    argv = [compiler, str(source), *TARGET_FLAGS[opts.target]]
+    if opts.target == "llvm-cpu":
+        argv.append(f"--iree-llvmcpu-target-cpu={opts.cpu}")
+        if not opts.link_embedded:
+            argv.append("--iree-llvmcpu-link-embedded=false")
+    elif opts.target == "cuda":
+        argv.append(f"--iree-cuda-target={opts.gpu_arch or 'sm_80'}")
+    elif opts.target == "rocm":
+        argv.append(f"--iree-rocm-target={opts.gpu_arch or 'gfx942'}")
+    if library is not None:
+        argv.append(f"--iree-codegen-transform-dialect-library={library}@{opts.library_entry}")
+    if dump_configurations is not None:
+        argv.append(f"--iree-hal-dump-executable-configurations-to={dump_configurations}")
+    if opts.compile_to:
+        argv.append(f"--compile-to={opts.compile_to}")
+    argv.extend(opts.extra_flags)
+    argv.extend(["-o", str(output)])
+    return argv
+
+
+def find_tool(name: str, override: str | None = None) -> str:
+    """Path of an IREE tool: `override`, then $TDKIT_IREE_COMPILE (iree-compile only), then the
+    tool installed beside this Python (the venv's bin/), then PATH."""
+    if override is None and name == "iree-compile":
+        override = os.environ.get(COMPILER_ENV) or None
+    if override:
+        found = shutil.which(override)
+        if found is None:
+            raise ToolError(f"{name} not found at {override!r}", argv=[override], missing=True)
+        return found
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ToolError(f"{name} not found (install iree-base-compiler/iree-base-runtime 3.13.0 "
+                        f"or pass --compiler)", argv=[name], missing=True)
+    return found
+
+
+def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = "",
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one iree-* process to completion; ToolError if it is missing, fails, crashes or hangs.
+
+    The child gets its own process group, so a timeout kills it and anything it started."""
+    repro = repro or shlex.join(argv)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=cwd, start_new_session=True)
+    except FileNotFoundError:
+        raise ToolError(f"{what}: {argv[0]} not found", argv=argv, missing=True) from None
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise ToolError(f"{what} timed out after {timeout_s:g} s", argv=argv,
+                        stderr_tail=_tail(err), repro=repro) from None
+    if proc.returncode < 0:
+        sig = signal.Signals(-proc.returncode).name
+        raise ToolError(f"{what} crashed with {sig}", argv=argv, returncode=proc.returncode,
+                        stderr_tail=_tail(err), repro=repro)
+    if proc.returncode != 0:
+        raise ToolError(f"{what} failed (exit {proc.returncode})", argv=argv,
+                        returncode=proc.returncode, stderr_tail=_tail(err), repro=repro)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Everything one compile produced, all inside `dir`."""
+
+    dir: Path
+    vmfb: Path
+    payload: Path
+    strategy: Path | None
+    command: list[str]
+    stderr: str
+    configurations: Path | None = None
+    stdout: str = ""
+
+    def configuration_files(self) -> list[Path]:
+        if self.configurations is None or not self.configurations.is_dir():
+            return []
+        return sorted(self.configurations.glob("*.mlir"))
+
+
+def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOptions(), *,
+                   strategy: str | None = None, compiler: str | None = None) -> Artifact:
+    """Compile MLIR text `payload` (with transform library text `strategy`, if any) into
+    `out_dir`, writing payload.mlir, strategy.mlir, command.txt, stderr.txt and module.vmfb.
+
+    Dispatch configurations are dumped to out_dir/configurations so callers can check which
+    pipeline each dispatch got."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = out_dir / "payload.mlir"
+    source.write_text(payload)
+    library = None
+    if strategy is not None:
+        library = out_dir / "strategy.mlir"
+        library.write_text(strategy)
+    configs = out_dir / "configurations"
+    if configs.exists():
+        shutil.rmtree(configs)
+    vmfb = out_dir / ("module.vmfb" if opts.compile_to is None else "module.out.mlir")
+    argv = compile_argv(find_tool("iree-compile", compiler), source, vmfb, opts,
+                        library=library, dump_configurations=configs)
+    repro = f"cd {shlex.quote(str(out_dir))} && " + shlex.join(argv)
+    (out_dir / "command.txt").write_text(shlex.join(argv) + "\n")
+    try:
+        proc = run_process(argv, timeout_s=opts.timeout_s, what="iree-compile", repro=repro)
+    except ToolError as err:
+        (out_dir / "stderr.txt").write_text(err.stderr_tail)
+        raise
+    (out_dir / "stderr.txt").write_text(proc.stderr)
+    return Artifact(dir=out_dir, vmfb=vmfb, payload=source, strategy=library, command=argv,
+                    stderr=proc.stderr, configurations=configs, stdout=proc.stdout)
+
+
+# numpy dtype -> IREE element type name used in --input=SHAPExTYPE=@file.bin
+_IREE_TYPES: dict[np.dtype, str] = {
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float16): "f16",
+    np.dtype(ml_dtypes.bfloat16): "bf16",
+    np.dtype(np.float64): "f64",
+    np.dtype(np.int8): "i8",
+    np.dtype(np.int16): "i16",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.uint8): "ui8",
+    np.dtype(np.bool_): "i1",
+}
+
+
+def iree_type_name(dtype: np.dtype) -> str:
+    try:
+        return _IREE_TYPES[np.dtype(dtype)]
+    except KeyError:
+        raise ValueError(f"unsupported array dtype {dtype}") from None
+
+
+def _input_flags(inputs: list[np.ndarray], workdir: Path) -> list[str]:
+    flags = []
+    for i, arr in enumerate(inputs):
+        path = workdir / f"input{i}.bin"
+        np.ascontiguousarray(arr).tofile(path)
+        shape = "x".join(str(d) for d in arr.shape)
+        type_spec = f"{shape}x{iree_type_name(arr.dtype)}" if shape else iree_type_name(arr.dtype)
+        flags.append(f"--input={type_spec}=@{path}")
+    return flags
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to execute a compiled module on this machine."""
+
+    device: str = "local-task"
+    function: str = "main"
+    timeout_s: float = 300.0
+
+
+def run_module(vmfb: Path, inputs: list[np.ndarray],
+               outputs: list[tuple[tuple[int, ...], np.dtype]], workdir: Path,
+               opts: RunOptions = RunOptions()) -> list[np.ndarray]:
+    """Run `vmfb` once on `inputs` in a child `iree-run-module`; return its outputs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [find_tool("iree-run-module"), f"--device={opts.device}", f"--module={vmfb}",
+            f"--function={opts.function}", *_input_flags(inputs, workdir)]
+    out_paths = [workdir / f"output{i}.bin" for i in range(len(outputs))]
+    for path in out_paths:
+        path.unlink(missing_ok=True)
+        argv.append(f"--output=@{path}")
+    run_process(argv, timeout_s=opts.timeout_s, what="iree-run-module")
+    results = []
+    for path, (shape, dtype) in zip(out_paths, outputs, strict=True):
+        data = np.fromfile(path, dtype=dtype)
+        expected = int(np.prod(shape))
+        if data.size != expected:
+            raise ToolError(f"iree-run-module wrote {data.size} elements to {path.name}, "
+                            f"expected {expected}", argv=argv)
+        results.append(data.reshape(shape))
+    return results
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-repetition wall times of one function, in milliseconds."""
+
+    samples_ms: tuple[float, ...] = field(default_factory=tuple)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples_ms)
+
+
+def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
+                     repetitions: int = 5, min_time_s: float = 0.05, warmup_s: float = 0.05,
+                     opts: RunOptions = RunOptions()) -> Timing:
+    """Time `vmfb` with `iree-benchmark-module`: a warm-up, then `repetitions` repetitions of at
+    least `min_time_s` each; returns the mean time per call of every repetition."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [find_tool("iree-benchmark-module"), f"--device={opts.device}", f"--module={vmfb}",
+            f"--function={opts.function}", *_input_flags(inputs, workdir),
+            f"--benchmark_repetitions={repetitions}", f"--benchmark_min_time={min_time_s}s",
+            f"--benchmark_min_warmup_time={warmup_s}", "--benchmark_format=json"]
+    proc = run_process(argv, timeout_s=opts.timeout_s, what="iree-benchmark-module")
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise ToolError("iree-benchmark-module printed no JSON report", argv=argv,
+                        stderr_tail=_tail(proc.stderr)) from None
+    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+    samples = tuple(b["real_time"] * scale[b.get("time_unit", "ns")]
+                    for b in report.get("benchmarks", []) if b.get("run_type") == "iteration")
+    if not samples:
+        raise ToolError("iree-benchmark-module reported no timings", argv=argv,
+                        stderr_tail=_tail(proc.stderr))
+    return Timing(samples)
