@@ -1,3 +1,332 @@
-def main(argv=None) -> int:
-    print("hi")
-    return 0
+"""The `tdkit` command line: emit, run, apply, bench, smoke, strategies.
+
+Thin by design: each subcommand parses arguments, calls the harness, prints a table or one
+JSON object. Every error is one line on stderr; exit 0 ok, 1 wrong numerics / strategy not
+applied / tool failure, 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tdkit.matchers.dtypes import parse_dtype
+from tdkit.matchers.problems import Softmax, parse_shape
+from tdkit.strategies import registry
+from tdkit.tools.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    BadInputError,
+    TdkitError,
+    ToolError,
+)
+from tdkit.tools.harness import HarnessConfig, library_for, run_problem
+from tdkit.tools.toolchain import COMPILER_ENV
+
+KINDS = ("softmax", "attention")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"tdkit: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _add_problem_args(p: argparse.ArgumentParser, *, file_ok: bool = False) -> None:
+    what = "softmax, attention" + (", or a payload FILE.mlir" if file_ok else "")
+    p.add_argument("problem", metavar="KIND" + ("|FILE" if file_ok else ""), help=what)
+    p.add_argument("--shape", help="softmax: e.g. 512x1024; attention: [B...]xMxK2xD, "
+                   "e.g. 2x12x128x128x64 = batch x heads x M x K2 x D")
+    p.add_argument("--dim", type=int, default=-1, help="softmax reduction dim (default -1)")
+    p.add_argument("--dtype", default="f32", help="f32, f16 or bf16 (default f32)")
+    p.add_argument("--causal", action="store_true", help="attention: causal mask")
+    p.add_argument("--mask", action="store_true", help="attention: additive mask input")
+    p.add_argument("--scale", type=float, help="attention: softmax scale (default 1/sqrt(D))")
+    p.add_argument("--value-dim", type=int, help="attention: value dim N (default D)")
+    p.add_argument("--form", help="payload form: softmax|generic (softmax), attention|chain "
+                   "(attention); default the first")
+
+
+def _add_strategy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", help="strategy name, or 'default' for IREE's own pipeline "
+                   "(see 'tdkit strategies')")
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a strategy knob (repeatable)")
+
+
+def _add_tool_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compiler", default=os.environ.get(COMPILER_ENV),
+                   help=f"iree-compile to use (default ${COMPILER_ENV} or the installed one)")
+    p.add_argument("--artifacts", type=Path, help="directory for compile artifacts "
+                   "(default: a fresh temporary directory)")
+    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _problem(args: argparse.Namespace) -> Any:
+    if args.problem not in KINDS:
+        raise BadInputError(f"unknown problem {args.problem!r}; expected one of {', '.join(KINDS)}")
+    if not args.shape:
+        raise BadInputError(f"--shape is required for {args.problem}")
+    try:
+        shape = parse_shape(args.shape)
+        dtype = parse_dtype(args.dtype)
+        if args.problem == "softmax":
+            return Softmax(shape, args.dim, dtype)
+        from tdkit.matchers.attention_problem import Attention
+
+        if len(shape) < 4:
+            raise ValueError(f"attention shape {args.shape!r} needs at least 4 dims: "
+                             "[batch...]xMxK2xD")
+        *batch, m, k2, d = shape
+        return Attention(batch=tuple(batch), m=m, k2=k2, d=d, n=args.value_dim, dtype=dtype,
+                         scale=args.scale, causal=args.causal, mask=args.mask)
+    except ValueError as err:
+        raise BadInputError(str(err)) from None
+
+
+def _knobs(args: argparse.Namespace) -> dict[str, str]:
+    out = {}
+    for item in args.knob:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BadInputError(f"bad --knob {item!r}: expected NAME=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _strategy(args: argparse.Namespace, kind: str) -> str:
+    if args.strategy:
+        if args.strategy != registry.DEFAULT:
+            try:
+                registry.get(args.strategy)
+            except KeyError as err:
+                raise BadInputError(str(err.args[0])) from None
+        return args.strategy
+    fams = registry.for_kind(kind)
+    return fams[0].name if fams else registry.DEFAULT
+
+
+def _config(args: argparse.Namespace, **kw: Any) -> HarnessConfig:
+    return HarnessConfig(compiler=args.compiler, artifacts=args.artifacts, seed=args.seed, **kw)
+
+
+def _emit(out: dict[str, Any], args: argparse.Namespace, human: str) -> int:
+    if args.json:
+        print(json.dumps(out, default=str))
+    else:
+        print(human)
+    return EXIT_OK if out.get("ok", True) else EXIT_FAILED
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    problem = _problem(args)
+    strategy = _strategy(args, problem.kind)
+    if strategy == registry.DEFAULT:
+        raise BadInputError(f"no tdkit strategy for {problem.kind} yet: nothing to emit")
+    text = library_for(problem, strategy, _knobs(args))
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _run_table(d: dict[str, Any]) -> str:
+    lines = [f"{d['problem']}  form={d['form']}  strategy={d['strategy']}",
+             "  dispatches: " + ", ".join(f"{x['name']} [{x['strategy']}]"
+                                           for x in d["dispatches"]),
+             f"  applied={d['applied']}  max_abs_err={d['max_abs_err']:.3g} "
+             f"(tolerance {d['tolerance']:g})  {'OK' if d['ok'] else 'FAIL'}"]
+    if d.get("time_ms") is not None:
+        lines.append(f"  time {d['time_ms']:.4f} ms median, {d['min_ms']:.4f} ms min  "
+                     f"({d['gflops']:.1f} GFLOP/s, {d['gbps']:.1f} GB/s)")
+    if d.get("default_time_ms") is not None:
+        lines.append(f"  default {d['default_time_ms']:.4f} ms median  "
+                     f"speedup {d['speedup']:.2f}x  "
+                     f"(default max_abs_err {d['default_max_abs_err']:.3g})")
+    for n in d.get("notes", []) + d.get("default_notes", []):
+        lines.append(f"  note: {n}")
+    if d.get("reason"):
+        lines.append(f"  reason: {d['reason']}")
+    lines.append(f"  artifacts: {d['artifacts']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.problem.endswith(".mlir") or Path(args.problem).suffix == ".mlir":
+        return _run_file(args)
+    problem = _problem(args)
+    if args.input or args.output_dir or args.function:
+        raise BadInputError("--input/--output-dir/--function apply to 'tdkit run FILE.mlir'")
+    strategy = _strategy(args, problem.kind)
+    cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
+    res = run_problem(problem, strategy, knobs=_knobs(args), form=args.form,
+                      compare_default=args.compare_default, timing=not args.no_time, cfg=cfg)
+    d = res.as_dict()
+    return _emit(d, args, _run_table(d))
+
+
+def _run_file(args: argparse.Namespace) -> int:
+    from tdkit.tools.modules import run_file
+
+    path = Path(args.problem)
+    if not path.exists():
+        raise BadInputError(f"no such file: {path}")
+    strategies = [args.strategy] if args.strategy and args.strategy != registry.DEFAULT else None
+    if strategies:
+        _strategy(args, "")
+    cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
+    res = run_file(path, strategies=strategies, inputs=args.input, function=args.function,
+                   output_dir=args.output_dir, cfg=cfg, timing=not args.no_time)
+    d = res.as_dict()
+    human = [f"{path}  strategy={d['strategy']}  targeted dispatches: {d['targeted']}",
+             "  dispatches: " + ", ".join(f"{x['name']} [{x['strategy']}]"
+                                          for x in d["dispatches"]),
+             f"  vs IREE default build: max_abs_err={d['max_abs_err']:.3g} "
+             f"(tolerance {d['tolerance']:g})  {'OK' if d['ok'] else 'FAIL'}"]
+    if d.get("speedup"):
+        human.append(f"  time {d['time_ms']:.4f} ms vs default {d['default_time_ms']:.4f} ms "
+                     f"-> {d['speedup']:.2f}x")
+    human += [f"  note: {n}" for n in d["notes"]]
+    human.append("  outputs: " + ", ".join(d["outputs"]))
+    return _emit(d, args, "\n".join(human))
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from tdkit.tools.inspect import strategy_ir
+
+    problem = _problem(args)
+    strategy = _strategy(args, problem.kind)
+    if strategy == registry.DEFAULT:
+        raise BadInputError(f"no tdkit strategy for {problem.kind} yet: nothing to apply")
+    text = strategy_ir(problem, strategy, _knobs(args), form=args.form, cfg=_config(args))
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tdkit.tools.bench import bench, bench_table
+
+    problem = _problem(args)
+    strategy = _strategy(args, problem.kind)
+    cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
+    d = bench(problem, strategy, _knobs(args), form=args.form, cfg=cfg)
+    return _emit(d, args, bench_table([d]))
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from tdkit.tools.smoke import run_smoke
+
+    cfg = _config(args, rounds=1, repetitions=2, min_time_s=0.02)
+    return run_smoke(level="full" if args.full else "quick", strategies=args.strategy,
+                     junit=args.junit, as_json=args.json, cfg=cfg)
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    for fam in registry.families().values():
+        knobs = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(fam.knobs))
+        print(f"{fam.name:<16} {'/'.join(fam.kinds):<10} {fam.description}\n"
+              f"{'':<16} knobs: {knobs}")
+    print(f"{registry.DEFAULT:<16} {'any':<10} IREE's own codegen pipeline")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tdkit", description="Transform-dialect strategies for softmax and "
+                     "attention in IREE: emit them, apply them, run, verify and benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("emit", help="print the transform library for a problem")
+    _add_problem_args(p)
+    _add_strategy_args(p)
+    _add_tool_args(p)
+    p.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    p.set_defaults(fn=cmd_emit)
+
+    p = sub.add_parser("run", help="compile, run, verify and time a problem or a payload file")
+    _add_problem_args(p, file_ok=True)
+    _add_strategy_args(p)
+    _add_tool_args(p)
+    p.add_argument("--compare-default", action="store_true",
+                   help="also build, verify and time IREE's default pipeline")
+    p.add_argument("--input", action="append", default=[], metavar="@X.npy",
+                   help="FILE.mlir: an input .npy, in argument order (repeatable)")
+    p.add_argument("--output-dir", type=Path, help="FILE.mlir: where outputs are saved as .npy")
+    p.add_argument("--function", help="FILE.mlir: function to run (default @main)")
+    p.add_argument("--no-time", action="store_true", help="skip timing")
+    p.add_argument("--rounds", type=int, default=2, help="timing rounds (default 2)")
+    p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("apply", help="show a dispatch's IR right after the strategy ran")
+    _add_problem_args(p)
+    _add_strategy_args(p)
+    _add_tool_args(p)
+    p.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    p.set_defaults(fn=cmd_apply)
+
+    p = sub.add_parser("bench", help="time the strategy and IREE's default side by side")
+    _add_problem_args(p)
+    _add_strategy_args(p)
+    _add_tool_args(p)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("smoke", help="run the built-in problem x strategy x dtype matrix")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--quick", action="store_true", help="a few cases per strategy (default)")
+    level.add_argument("--full", action="store_true", help="the whole matrix")
+    p.add_argument("--strategy", action="append", help="only these strategies (repeatable)")
+    p.add_argument("--junit", type=Path, help="write JUnit XML here")
+    p.add_argument("--compiler", default=os.environ.get(COMPILER_ENV), help="iree-compile to use")
+    p.add_argument("--artifacts", type=Path, help="directory for compile artifacts")
+    p.add_argument("--seed", type=int, default=0, help="input seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(fn=cmd_smoke)
+
+    p = sub.add_parser("strategies", help="list strategy families and their knobs")
+    p.set_defaults(fn=cmd_strategies)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ToolError as err:
+        print(f"tdkit: error: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+    except TdkitError as err:
+        print(f"tdkit: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tdkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (one line, never a traceback)
+        if os.environ.get("TDKIT_DEBUG"):
+            raise
+        print(f"tdkit: internal error: {type(err).__name__}: {err} "
+              "(set TDKIT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

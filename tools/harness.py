@@ -1,0 +1,237 @@
+"""Compile, run, verify and time one problem with one strategy (and IREE's default, side by side).
+
+This is the loop every front end (CLI run/bench/smoke, tests) goes through:
+payload + library -> compile (artifacts in one directory) -> check the strategy applied ->
+run on seeded inputs -> compare with the float64 reference -> optionally time it against the
+default pipeline, interleaving the two so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from iree.compiler import ir
+
+from tdkit.matchers.dtypes import TOLERANCES
+from tdkit.matchers.problems import Problem
+from tdkit.strategies import registry
+from tdkit.strategies.base import KnobError
+from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
+from tdkit.tools.errors import BadInputError, TdkitError, ToolError
+from tdkit.tools.toolchain import (
+    Artifact,
+    CompileOptions,
+    RunOptions,
+    Timing,
+    benchmark_module,
+    compile_module,
+    run_module,
+)
+from tdkit.tools.verify import Verdict, compare
+
+DEFAULT = registry.DEFAULT
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    """Settings shared by every run of a session."""
+
+    compiler: str | None = None
+    artifacts: Path | None = None  # root directory for artifacts; a fresh temp dir if None
+    seed: int = 0
+    rounds: int = 3  # timing rounds; each round times the strategy then the default
+    repetitions: int = 3  # iree-benchmark-module repetitions per round
+    min_time_s: float = 0.05
+    compile: CompileOptions = field(default_factory=CompileOptions)
+
+    def root(self) -> Path:
+        if self.artifacts is not None:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            return self.artifacts
+        return Path(tempfile.mkdtemp(prefix="tdkit-"))
+
+
+@dataclass
+class Build:
+    """One compiled variant (a strategy or the default) of a problem, with its checks."""
+
+    strategy: str
+    artifact: Artifact
+    dispatches: list[DispatchInfo]
+    applied: bool
+    verdict: Verdict | None = None
+    timing: Timing | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """Everything `tdkit run` reports for one problem."""
+
+    problem: Any
+    form: str
+    main: Build
+    default: Build | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        builds = [self.main] + ([self.default] if self.default else [])
+        return (not self.error and self.main.applied
+                and all(b.verdict is not None and b.verdict.ok for b in builds))
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default and self.main.timing and self.default.timing:
+            return self.default.timing.median_ms / self.main.timing.median_ms
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.problem
+        m = self.main
+        out: dict[str, Any] = {
+            "ok": self.ok,
+            "problem": p.label,
+            "kind": p.kind,
+            "dtype": str(p.dtype),
+            "form": self.form,
+            "strategy": m.strategy,
+            "applied": m.applied,
+            "dispatches": [d.as_dict() for d in m.dispatches],
+            "max_abs_err": m.verdict.max_abs_err if m.verdict else None,
+            "tolerance": m.verdict.tolerance if m.verdict else None,
+            "reason": self.error or (m.verdict.reason if m.verdict else ""),
+            "artifacts": str(m.artifact.dir),
+            "notes": m.notes,
+        }
+        if m.timing:
+            out.update(rates(p, m.timing.median_ms))
+            out["time_ms"] = m.timing.median_ms
+            out["min_ms"] = m.timing.min_ms
+        if self.default:
+            d = self.default
+            out["default_ok"] = bool(d.verdict and d.verdict.ok)
+            out["default_max_abs_err"] = d.verdict.max_abs_err if d.verdict else None
+            out["default_notes"] = d.notes
+            if d.timing:
+                out["default_time_ms"] = d.timing.median_ms
+                out["default_min_ms"] = d.timing.min_ms
+            out["speedup"] = self.speedup
+        return out
+
+
+def rates(problem: Any, ms: float) -> dict[str, float]:
+    """GFLOP/s and GB/s of a problem at `ms` milliseconds per call."""
+    return {"gflops": problem.flops / ms / 1e6, "gbps": problem.bytes / ms / 1e6}
+
+
+def payload_text(problem: Problem, form: str) -> str:
+    with ir.Context(), ir.Location.unknown():
+        module = problem.build_payload(form)
+        module.operation.verify()
+        return str(module)
+
+
+def library_for(problem: Problem, strategy: str, knobs: dict[str, str] | None) -> str:
+    """The printed transform library for `strategy` on `problem`; BadInputError on bad knobs."""
+    family = registry.get(strategy)
+    if problem.kind not in family.kinds:
+        raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems "
+                            f"(it handles {', '.join(family.kinds)})")
+    try:
+        return family.library_text(problem, family.parse_knobs(knobs))
+    except KnobError as err:
+        raise BadInputError(f"invalid knob: {err}") from None
+
+
+def compile_default(payload: str, out_dir: Path, cfg: HarnessConfig) -> tuple[Artifact, list[str]]:
+    """Compile with IREE's default pipeline. If embedded linking fails on a libm symbol (IREE
+    3.13 emits `fmaxf` calls for f16 softmax), retry once with the system linker and say so."""
+    try:
+        return compile_module(payload, out_dir, cfg.compile, compiler=cfg.compiler), []
+    except ToolError as err:
+        if "undefined symbol" not in err.stderr_tail or not cfg.compile.link_embedded:
+            raise
+        symbol = next((ln.strip() for ln in err.stderr_tail.splitlines()
+                       if "undefined symbol" in ln), "undefined symbol")
+        opts = replace(cfg.compile, link_embedded=False)
+        art = compile_module(payload, out_dir, opts, compiler=cfg.compiler)
+        return art, [f"embedded link failed ({symbol[:120]}); "
+                     "rebuilt with --iree-llvmcpu-link-embedded=false"]
+
+
+def build(problem: Problem, form: str, strategy: str, knobs: dict[str, str] | None,
+          out_dir: Path, cfg: HarnessConfig, payload: str | None = None) -> Build:
+    """Compile one variant and check that the strategy ran on its dispatch."""
+    payload = payload if payload is not None else payload_text(problem, form)
+    if strategy == DEFAULT:
+        art, notes = compile_default(payload, out_dir, cfg)
+        return Build(DEFAULT, art, dispatches(art), applied=True, notes=notes)
+    library = library_for(problem, strategy, knobs)
+    art = compile_module(payload, out_dir, cfg.compile, strategy=library, compiler=cfg.compiler)
+    family = registry.get(strategy)
+    infos = check_applied(art, lambda d: family.targets(d.name))
+    return Build(strategy, art, infos, applied=True)
+
+
+def execute(b: Build, problem: Problem, inputs: list[np.ndarray], expected: np.ndarray) -> None:
+    """Run a build once and record its verdict against the reference."""
+    shape, dtype = problem.output_spec()
+    (out,) = run_module(b.artifact.vmfb, inputs, [(shape, dtype.numpy)], b.artifact.dir / "run")
+    b.verdict = compare(out, expected, TOLERANCES[dtype])
+
+
+def time_builds(builds: list[Build], inputs: list[np.ndarray], cfg: HarnessConfig,
+                run_opts: RunOptions | None = None) -> None:
+    """Time builds side by side: `cfg.rounds` rounds, each timing every build in turn."""
+    samples: dict[int, list[float]] = {i: [] for i in range(len(builds))}
+    for _ in range(cfg.rounds):
+        for i, b in enumerate(builds):
+            t = benchmark_module(b.artifact.vmfb, inputs, b.artifact.dir / "bench",
+                                 repetitions=cfg.repetitions, min_time_s=cfg.min_time_s,
+                                 opts=run_opts or RunOptions())
+            samples[i].extend(t.samples_ms)
+    for i, b in enumerate(builds):
+        b.timing = Timing(tuple(samples[i]))
+
+
+def run_problem(problem: Problem, strategy: str, *, knobs: dict[str, str] | None = None,
+                form: str | None = None, compare_default: bool = False, timing: bool = False,
+                cfg: HarnessConfig | None = None) -> RunResult:
+    """Compile, run and verify `problem` with `strategy`; with `compare_default`, also build,
+    verify and (with `timing`) time IREE's default pipeline in the same run.
+
+    Raises TdkitError for bad input, tool failures and strategies that did not apply."""
+    cfg = cfg or HarnessConfig()
+    form = form or problem.forms[0]
+    if form not in problem.forms:
+        raise BadInputError(f"unknown form {form!r} for {problem.kind}; "
+                            f"expected one of {', '.join(problem.forms)}")
+    root = cfg.root() / _slug(f"{problem.label} {form}") / time.strftime("%Y%m%d-%H%M%S")
+    payload = payload_text(problem, form)
+    inputs = problem.make_inputs(cfg.seed)
+    expected = problem.reference(inputs)
+    main = build(problem, form, strategy, knobs, root / strategy, cfg, payload)
+    execute(main, problem, inputs, expected)
+    result = RunResult(problem, form, main)
+    builds = [main]
+    if compare_default and strategy != DEFAULT:
+        result.default = build(problem, form, DEFAULT, None, root / DEFAULT, cfg, payload)
+        execute(result.default, problem, inputs, expected)
+        builds.append(result.default)
+    if timing:
+        time_builds(builds, inputs, cfg)
+    return result
+
+
+def _slug(text: str) -> str:
+    keep = [c if c.isalnum() or c in "-_." else "_" for c in text]
+    return "".join(keep).strip("_")[:80]
+
+
+__all__ = ["Build", "HarnessConfig", "RunResult", "TdkitError", "run_problem", "rates"]

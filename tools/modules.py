@@ -1,0 +1,202 @@
+"""Run any payload module (`tdkit run FILE.mlir`): strategies on the dispatches tdkit knows, the
+default pipeline on the rest, verified against IREE's default build of the same module."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from iree.compiler import ir
+
+from tdkit.matchers.dtypes import TOLERANCES, DType
+from tdkit.strategies import registry
+from tdkit.strategies.base import KnobError
+from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
+from tdkit.tools.errors import BadInputError, NotAppliedError
+from tdkit.tools.harness import Build, HarnessConfig, compile_default, time_builds
+from tdkit.tools.toolchain import RunOptions, compile_module, run_module
+from tdkit.tools.verify import Verdict, compare
+
+_ELEMENT_TYPES: dict[str, np.dtype] = {
+    "f32": np.dtype(np.float32), "f16": np.dtype(np.float16),
+    "bf16": np.dtype(ml_dtypes.bfloat16), "f64": np.dtype(np.float64),
+    "i8": np.dtype(np.int8), "i16": np.dtype(np.int16), "i32": np.dtype(np.int32),
+    "i64": np.dtype(np.int64), "i1": np.dtype(np.bool_),
+}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Argument and result types of the function to run."""
+
+    function: str
+    inputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
+
+
+def _tensor_spec(t: ir.Type, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    if not ir.RankedTensorType.isinstance(t):
+        raise BadInputError(f"{what} has type {t}; only ranked tensors are supported")
+    rt = ir.RankedTensorType(t)
+    if not rt.has_static_shape:
+        raise BadInputError(f"{what} has dynamic shape {t}; give static shapes")
+    elem = str(rt.element_type)
+    if elem not in _ELEMENT_TYPES:
+        raise BadInputError(f"{what} has unsupported element type {elem}")
+    return tuple(rt.shape), _ELEMENT_TYPES[elem]
+
+
+def read_signature(text: str, function: str | None) -> Signature:
+    """Parse the module (BadInputError if malformed) and read the entry function's signature."""
+    with ir.Context() as ctx, ir.Location.unknown():
+        ctx.allow_unregistered_dialects = False
+        try:
+            module = ir.Module.parse(text)
+        except ir.MLIRError as err:
+            first = str(err).splitlines()
+            detail = " ".join(ln.strip() for ln in first[:3])
+            raise BadInputError(f"malformed MLIR: {detail}") from None
+        funcs = [op for op in module.body.operations if op.operation.name in
+                 ("func.func", "util.func")]
+        public = [f for f in funcs if "sym_visibility" not in f.attributes
+                  or str(f.attributes["sym_visibility"]) == '"public"']
+        names = [ir.StringAttr(f.attributes["sym_name"]).value for f in public]
+        if not names:
+            raise BadInputError("the module has no public function to run")
+        if function is None:
+            function = "main" if "main" in names else names[0]
+        if function not in names:
+            raise BadInputError(f"no public function @{function}; found {', '.join(names)}")
+        fop = public[names.index(function)]
+        ftype = ir.FunctionType(ir.TypeAttr(fop.attributes["function_type"]).value)
+        ins = tuple(_tensor_spec(t, f"argument {i}") for i, t in enumerate(ftype.inputs))
+        outs = tuple(_tensor_spec(t, f"result {i}") for i, t in enumerate(ftype.results))
+    return Signature(function, ins, outs)
+
+
+def load_inputs(sig: Signature, paths: list[str], seed: int) -> list[np.ndarray]:
+    """Inputs from .npy files (in argument order) or seeded random values."""
+    if paths and len(paths) != len(sig.inputs):
+        raise BadInputError(f"@{sig.function} takes {len(sig.inputs)} inputs, "
+                            f"{len(paths)} --input given")
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for i, (shape, dtype) in enumerate(sig.inputs):
+        if paths:
+            path = paths[i].removeprefix("@")
+            try:
+                arr = np.load(path)
+            except (OSError, ValueError) as err:
+                raise BadInputError(f"cannot read input {i} from {path}: {err}") from None
+            if tuple(arr.shape) != shape:
+                raise BadInputError(f"input {i} from {path} has shape {arr.shape}, "
+                                    f"@{sig.function} expects {shape}")
+            arrays.append(arr.astype(dtype))
+        elif dtype == np.bool_:
+            arrays.append(rng.random(shape) < 0.5)
+        elif np.issubdtype(dtype, np.integer):
+            arrays.append(rng.integers(-8, 8, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+    return arrays
+
+
+def _tolerance(dtype: np.dtype) -> float:
+    for d in DType:
+        if d.numpy == dtype:
+            return TOLERANCES[d] * 2  # both sides carry rounding error
+    return 0.0 if not np.issubdtype(dtype, np.floating) else TOLERANCES[DType.F32] * 2
+
+
+def _saveable(arr: np.ndarray) -> np.ndarray:
+    return arr.astype(np.float32) if arr.dtype == ml_dtypes.bfloat16 else arr
+
+
+@dataclass
+class ModuleRun:
+    """Result of `tdkit run FILE.mlir`."""
+
+    path: Path
+    main: Build
+    default: Build
+    verdicts: list[Verdict] = field(default_factory=list)
+    targeted: list[DispatchInfo] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.main.applied and all(v.ok for v in self.verdicts)
+
+    def as_dict(self) -> dict[str, Any]:
+        worst = max(self.verdicts, key=lambda v: v.max_abs_err / max(v.tolerance, 1e-30))
+        out: dict[str, Any] = {
+            "ok": self.ok, "module": str(self.path), "strategy": self.main.strategy,
+            "applied": self.main.applied, "targeted": len(self.targeted),
+            "dispatches": [d.as_dict() for d in self.main.dispatches],
+            "max_abs_err": worst.max_abs_err, "tolerance": worst.tolerance,
+            "reason": next((v.reason for v in self.verdicts if not v.ok), ""),
+            "outputs": [str(p) for p in self.outputs], "artifacts": str(self.main.artifact.dir),
+            "notes": self.main.notes + self.default.notes,
+        }
+        if self.main.timing and self.default.timing:
+            out["time_ms"] = self.main.timing.median_ms
+            out["default_time_ms"] = self.default.timing.median_ms
+            out["speedup"] = self.default.timing.median_ms / self.main.timing.median_ms
+        return out
+
+
+def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], function: str | None,
+             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True) -> ModuleRun:
+    """Compile `path` with every applicable tdkit strategy (or the named ones), run it and IREE's
+    default build on the same inputs, save outputs, and compare the two."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise BadInputError(f"cannot read {path}: {err.strerror}") from None
+    sig = read_signature(text, function)
+    arrays = load_inputs(sig, inputs, cfg.seed)
+    explicit = bool(strategies)
+    fams = [registry.get(s) for s in strategies] if strategies else list(
+        registry.families().values())
+    try:
+        entries = [e for f in fams for e in f.entries(None, f.parse_knobs())]
+    except KnobError as err:
+        raise BadInputError(f"invalid knob: {err}") from None
+    library = registry.library_text(entries)
+    root = cfg.root() / path.stem / time.strftime("%Y%m%d-%H%M%S")
+    art = compile_module(text, root / "tdkit", cfg.compile, strategy=library,
+                         compiler=cfg.compiler)
+    infos = dispatches(art)
+    targeted = [d for d in infos if any(f.targets(d.name) for f in fams)]
+    if targeted:
+        check_applied(art, lambda d: any(f.targets(d.name) for f in fams))
+    elif explicit:
+        raise NotAppliedError(f"strategy not applied: no dispatch of {path.name} is one that "
+                              f"{', '.join(strategies or [])} targets "
+                              f"(dispatches: {', '.join(d.name for d in infos)})")
+    main = Build("+".join(f.name for f in fams), art, infos, applied=True)
+    dart, notes = compile_default(text, root / "default", cfg)
+    default = Build(registry.DEFAULT, dart, dispatches(dart), applied=True, notes=notes)
+    if not targeted:
+        main.notes.append("no dispatch in this module is one tdkit has a strategy for")
+    specs = list(sig.outputs)
+    run_opts = RunOptions(function=sig.function)
+    got = run_module(art.vmfb, arrays, specs, root / "tdkit" / "run", run_opts)
+    want = run_module(dart.vmfb, arrays, specs, root / "default" / "run", run_opts)
+    result = ModuleRun(path, main, default, targeted=targeted)
+    for g, w, (_, dtype) in zip(got, want, specs, strict=True):
+        result.verdicts.append(compare(g, w.astype(np.float64), _tolerance(dtype)))
+    out_dir = output_dir or root / "outputs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, g in enumerate(got):
+        p = out_dir / f"output{i}.npy"
+        np.save(p, _saveable(g))
+        result.outputs.append(p)
+    if timing:
+        time_builds([main, default], arrays, cfg, run_opts)
+    return result
+
