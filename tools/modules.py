@@ -3,6 +3,7 @@ default pipeline on the rest, verified against IREE's default build of the same 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +40,33 @@ class Signature:
 
 
 def _tensor_spec(t: ir.Type, what: str) -> tuple[tuple[int, ...], np.dtype]:
-    if not ir.RankedTensorType.isinstance(t):
-        raise BadInputError(f"{what} has type {t}; only ranked tensors are supported")
-    rt = ir.RankedTensorType(t)
+    try:
+        rt = ir.RankedTensorType(t)
+    except ValueError:
+        raise BadInputError(f"{what} has type {t}; only ranked tensors are supported") from None
     if not rt.has_static_shape:
         raise BadInputError(f"{what} has dynamic shape {t}; give static shapes")
     elem = str(rt.element_type)
     if elem not in _ELEMENT_TYPES:
         raise BadInputError(f"{what} has unsupported element type {elem}")
     return tuple(rt.shape), _ELEMENT_TYPES[elem]
+
+
+def parse_error_message(message: str, text: str) -> str:
+    """One line saying why `text` did not parse, naming the op when it is an unknown one."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    detail = lines[0].removeprefix("Unable to parse module assembly:").strip() if lines else ""
+    where = re.search(r":(\d+):(\d+): (.*)", " ".join(lines))
+    if where:
+        line, col, detail = int(where.group(1)), int(where.group(2)), where.group(3)
+        source = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
+        op = (re.search(r'"?([\w.]+)"?\s*$', source[:col - 1])
+              or re.match(r'\s*"?([\w.]+)"?', source[col - 1:]))
+        if "unregistered dialect" in detail or "unregistered operation" in detail:
+            name = op.group(1) if op else "?"
+            return f"unknown operation '{name}' at line {line}: no dialect registers it"
+        return f"malformed MLIR at line {line}, column {col}: {detail}"
+    return f"malformed MLIR: {detail}"
 
 
 def read_signature(text: str, function: str | None) -> Signature:
@@ -57,9 +76,7 @@ def read_signature(text: str, function: str | None) -> Signature:
         try:
             module = ir.Module.parse(text)
         except ir.MLIRError as err:
-            first = str(err).splitlines()
-            detail = " ".join(ln.strip() for ln in first[:3])
-            raise BadInputError(f"malformed MLIR: {detail}") from None
+            raise BadInputError(parse_error_message(str(err), text)) from None
         funcs = [op for op in module.body.operations if op.operation.name in
                  ("func.func", "util.func")]
         public = [f for f in funcs if "sym_visibility" not in f.attributes
