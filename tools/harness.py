@@ -81,9 +81,11 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        builds = [self.main] + ([self.default] if self.default else [])
-        return (not self.error and self.main.applied
-                and all(b.verdict is not None and b.verdict.ok for b in builds))
+        """The requested build applied and is correct. The default build's own verdict is
+        reported beside it (`default_ok`) but does not decide this: IREE's default pipeline
+        computes f16 softmax in f16 and can miss the f16 tolerance on long rows."""
+        m = self.main
+        return not self.error and m.applied and m.verdict is not None and m.verdict.ok
 
     @property
     def speedup(self) -> float | None:
