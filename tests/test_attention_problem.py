@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -14,11 +13,9 @@ from iree.compiler import ir
 
 from tdkit.matchers.attention_problem import FULLY_MASKED_ROWS, Attention
 from tdkit.matchers.dtypes import TOLERANCES, DType
+from tdkit.tools.toolchain import compile_module, run_module
 
-BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
-FILECHECK = BIN / "filecheck"
-IREE_COMPILE = BIN / "iree-compile"
-IREE_RUN = BIN / "iree-run-module"
+from .conftest import run_filecheck
 
 
 def _ir_text(problem: Attention, form: str) -> str:
@@ -29,14 +26,8 @@ def _ir_text(problem: Attention, form: str) -> str:
 
 
 def _filecheck(text: str, checks: str) -> None:
-    if not FILECHECK.exists():
-        pytest.skip("filecheck binary not installed")
-    with tempfile.NamedTemporaryFile("w", suffix=".checks") as f:
-        f.write(checks)
-        f.flush()
-        result = subprocess.run([str(FILECHECK), f.name], input=text, capture_output=True,
-                                text=True, timeout=30)
-    assert result.returncode == 0, result.stderr + "\n" + text
+    with tempfile.TemporaryDirectory() as tmp:
+        run_filecheck(text, checks, Path(tmp))
 
 
 # ------------------------------------------------------------------------- validation & sizes
@@ -318,35 +309,14 @@ def test_reference_rejects_wrong_input_count() -> None:
 
 # ------------------------------------------------------------------------- end to end
 
-COMPILE_FLAGS = ["--iree-hal-target-device=local",
-                 "--iree-hal-local-target-device-backends=llvm-cpu",
-                 "--iree-llvmcpu-target-cpu=host"]
-
-
 def _compile_and_run(problem: Attention, form: str, inputs: list[np.ndarray],
                      workdir: Path) -> np.ndarray:
-    """Compile `form` with iree-compile for the host CPU, run `main` on raw binary inputs and
-    return the output as float64. (To be replaced by the harness's runner.)"""
-    if not (IREE_COMPILE.exists() and IREE_RUN.exists()):
-        pytest.skip("iree-compile / iree-run-module not installed")
-    src, vmfb, out = workdir / "payload.mlir", workdir / "x.vmfb", workdir / "out.bin"
-    src.write_text(_ir_text(problem, form))
-    result = subprocess.run([str(IREE_COMPILE), str(src), *COMPILE_FLAGS, "-o", str(vmfb)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"iree-compile failed:\n{result.stderr[-3000:]}"
-    args = []
-    for i, (x, (shape, dt)) in enumerate(zip(inputs, problem.input_specs(), strict=True)):
-        path = workdir / f"in{i}.bin"
-        np.ascontiguousarray(x).tofile(path)
-        args.append(f"--input={'x'.join(map(str, shape))}x{dt}=@{path}")
-    result = subprocess.run([str(IREE_RUN), "--device=local-task", f"--module={vmfb}",
-                             "--function=main", *args, f"--output=@{out}"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"iree-run-module failed:\n{result.stderr[-3000:]}"
+    """Compile `form` with IREE's default pipeline for the host CPU, run `main` and return the
+    output as float64 (through tdkit's one door to the iree-* tools)."""
+    art = compile_module(_ir_text(problem, form), workdir)
     shape, dt = problem.output_spec()
-    raw = np.fromfile(out, dtype=dt.numpy)  # @file.bin holds the raw element bytes only
-    assert raw.size == math.prod(shape)
-    return raw.reshape(shape).astype(np.float64)
+    (out,) = run_module(art.vmfb, inputs, [(shape, dt.numpy)], workdir / "run")
+    return out.astype(np.float64)
 
 
 @pytest.mark.parametrize("form", ["attention", "chain"])
