@@ -30,7 +30,8 @@ class Family:
       entries: (problem or None, knobs) -> the library entries (matcher + codegen spec pairs)
         lowering that problem; None asks for entries covering every variant the family
         handles (used for arbitrary payload modules).
-      targets: dispatch export name -> whether this family is meant to lower that dispatch.
+      targets: a dispatch (tools.applied.DispatchInfo: name, configured IR) -> whether this
+        family is meant to lower it.
       check: (problem, knobs) -> None, raising KnobError for knobs invalid on that problem.
       description: one line for `--help` and listings.
     """
@@ -39,7 +40,7 @@ class Family:
     kinds: tuple[str, ...]
     knobs: type
     entries: Callable[[Any, Any], list[Any]]
-    targets: Callable[[str], bool]
+    targets: Callable[[Any], bool]
     check: Callable[[Any, Any], None]
     description: str = ""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tdkit.tools.errors import NotAppliedError
 from tdkit.tools.toolchain import Artifact
@@ -29,6 +29,7 @@ class DispatchInfo:
 
     name: str
     strategy: str
+    source: str = field(default="", repr=False, compare=False)  # configured executable IR
 
     @property
     def by_tdkit(self) -> bool:
@@ -53,7 +54,7 @@ def dispatches(artifact: Artifact) -> list[DispatchInfo]:
             else:
                 pipe = _PIPELINE.search(info)
                 strategy = "default:" + (pipe.group(1) if pipe else "unknown")
-            found.append(DispatchInfo(name, strategy))
+            found.append(DispatchInfo(name, strategy, text))
     return found
 
 

@@ -177,7 +177,7 @@ def build(problem: Problem, form: str, strategy: str, knobs: dict[str, str] | No
     library = library_for(problem, strategy, knobs)
     art = compile_module(payload, out_dir, cfg.compile, strategy=library, compiler=cfg.compiler)
     family = registry.get(strategy)
-    infos = check_applied(art, lambda d: family.targets(d.name))
+    infos = check_applied(art, family.targets)
     return Build(strategy, art, infos, applied=True)
 
 

@@ -29,7 +29,7 @@ def strategy_ir(problem: Any, strategy: str, knobs: dict[str, str] | None, *, fo
     art = compile_module(payload, cfg.root() / "apply", opts, strategy=library,
                          compiler=cfg.compiler)
     family = registry.get(strategy)
-    check_applied(art, lambda d: family.targets(d.name))
+    check_applied(art, family.targets)
     starts = [m.start() for m in _HEADER.finditer(art.stderr)] + [len(art.stderr)]
     dumps = [art.stderr[a:b] for a, b in zip(starts, starts[1:], strict=False)]
     lowered = [d for d in dumps if "no_pipeline" in d]

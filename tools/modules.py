@@ -188,9 +188,9 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
     art = compile_module(text, root / "tdkit", cfg.compile, strategy=library,
                          compiler=cfg.compiler)
     infos = dispatches(art)
-    targeted = [d for d in infos if any(f.targets(d.name) for f in fams)]
+    targeted = [d for d in infos if any(f.targets(d) for f in fams)]
     if targeted:
-        check_applied(art, lambda d: any(f.targets(d.name) for f in fams))
+        check_applied(art, lambda d: any(f.targets(d) for f in fams))
     elif explicit:
         raise NotAppliedError(f"strategy not applied: no dispatch of {path.name} is one that "
                               f"{', '.join(strategies or [])} targets "
