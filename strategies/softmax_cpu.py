@@ -1,0 +1,388 @@
+"""The CPU softmax codegen strategy family: knobs, and the transform script that lowers one
+softmax dispatch from tensors to vectors on buffers (ending in `no_pipeline`).
+
+What the strategy sees (IREE 3.13, llvm-cpu): a dispatch whose root is an all-parallel
+`linalg.generic` writing the result, fed by `k` row reductions over the softmax dimension,
+each initialized by a `linalg.fill`:
+
+* `k = 2` ("fused" form, from `linalg.softmax` or from generics IREE raises to it): fill,
+  max-reduce, fill, exp-sum-reduce, and the root `exp(x - max) / sum`;
+* `k = 1` ("split" form, from a frontend's generics IREE does not raise, e.g. `sub+exp` in
+  one generic): two dispatches, `max-reduce -> exp(x - max)` and `sum-reduce -> e / sum`.
+
+The strategy: tile the root over rows into workgroups and fuse the fills and reductions into
+that loop; tile again to one row (or one column strip when the softmax dimension is not the
+innermost one) and fuse again; tile the reductions (partial vector accumulators when the
+reduced dim is the contiguous one) and the root along the row; peel the row loops so every
+tile has a static size; vectorize; bufferize; map the forall to workgroups; lower vectors in
+separate pattern groups. Every step that looks for ops asserts how many it found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from iree.compiler import ir
+from iree.compiler.dialects import transform
+from iree.compiler.dialects.transform import loop, structured
+from iree.compiler.dialects.transform import vector as tvector
+
+from tdkit.strategies import iree_ops
+from tdkit.strategies.base import KnobError, require
+from tdkit.strategies.library import LibraryEntry
+
+FUSED = "fused"
+SPLIT = "split"
+FORMS = (FUSED, SPLIT)
+_REDUCTIONS = {FUSED: 2, SPLIT: 1}
+
+
+@dataclass(frozen=True)
+class SoftmaxCpuKnobs:
+    """Tile sizes of the CPU softmax strategy.
+
+    Attributes:
+      rows_per_workgroup: rows (iterations of the innermost parallel dim before the reduced
+        one) each workgroup owns, when the softmax dim is the innermost dim.
+      columns_per_workgroup: contiguous columns each workgroup owns when the softmax dim is
+        not the innermost dim; a multiple of `vector_width`.
+      reduction_tile: elements of a row each reduction step consumes when the softmax dim is
+        the innermost one; the width of the partial accumulator (several vector registers
+        give independent dependency chains).
+      vector_width: elements per vector along the innermost dim for the normalization (and
+        for the columns of a non-innermost softmax); a power of two.
+      outer_reduction_tile: rows of the reduced dim each step consumes when the softmax dim
+        is not the innermost one.
+      rank1_chunk: elements each workgroup normalizes for a rank-1 softmax (every workgroup
+        recomputes the two reductions over the whole vector).
+    """
+
+    rows_per_workgroup: int = 8
+    columns_per_workgroup: int = 64
+    reduction_tile: int = 64
+    vector_width: int = 16
+    outer_reduction_tile: int = 1
+    rank1_chunk: int = 4096
+
+    def check(self, shape: tuple[int, ...] | None = None, dim: int | None = None) -> None:
+        """Raise KnobError with one sentence for values that cannot give a correct, vectorized
+        kernel; with a `shape` (and the softmax `dim`), also for tiles larger than the dims."""
+        for name in ("rows_per_workgroup", "columns_per_workgroup", "reduction_tile",
+                     "vector_width", "outer_reduction_tile", "rank1_chunk"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                    f"{name} must be a positive integer, got {value!r}")
+        require(_is_pow2(self.vector_width),
+                f"vector_width must be a power of two, got {self.vector_width}")
+        require(self.vector_width <= 64,
+                f"vector_width must be at most 64 elements, got {self.vector_width}")
+        require(self.reduction_tile % self.vector_width == 0,
+                f"reduction_tile ({self.reduction_tile}) must be a multiple of vector_width "
+                f"({self.vector_width})")
+        require(self.reduction_tile <= 256,
+                f"reduction_tile must be at most 256 elements, got {self.reduction_tile}")
+        require(self.columns_per_workgroup % self.vector_width == 0,
+                f"columns_per_workgroup ({self.columns_per_workgroup}) must be a multiple of "
+                f"vector_width ({self.vector_width})")
+        require(self.outer_reduction_tile <= 16,
+                f"outer_reduction_tile must be at most 16, got {self.outer_reduction_tile}")
+        if shape is None:
+            return
+        rank = len(shape)
+        require(1 <= rank <= 4, f"softmax strategy supports rank 1 to 4, got rank {rank}")
+        require(all(isinstance(s, int) and s > 0 for s in shape),
+                f"shape must have positive static sizes, got {shape}")
+        d = (rank - 1 if dim is None else dim) % rank
+        if rank == 1:
+            return
+        if d == rank - 1:
+            require(self.rows_per_workgroup <= shape[rank - 2],
+                    f"rows_per_workgroup ({self.rows_per_workgroup}) exceeds dim {rank - 2} "
+                    f"of shape {shape}")
+            require(self.reduction_tile <= shape[d],
+                    f"reduction_tile ({self.reduction_tile}) exceeds the softmax dim "
+                    f"({shape[d]}) of shape {shape}")
+        else:
+            require(self.columns_per_workgroup <= max(shape[-1], self.vector_width),
+                    f"columns_per_workgroup ({self.columns_per_workgroup}) exceeds the "
+                    f"innermost dim ({shape[-1]}) of shape {shape}")
+            require(self.outer_reduction_tile <= shape[d],
+                    f"outer_reduction_tile ({self.outer_reduction_tile}) exceeds the softmax "
+                    f"dim ({shape[d]}) of shape {shape}")
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+# --- Tile sizes per (rank, dim) --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tiling:
+    """The tile sizes the strategy uses for one (rank, dim), derived from the knobs.
+
+    `workgroup`/`row` tile the root (all-parallel, rank `rank`); `reduction` tiles each
+    reduction; `normalize` tiles the root within a row. `inner_reduction` says whether the
+    reduced dim is the innermost (contiguous) one."""
+
+    rank: int
+    dim: int
+    workgroup: tuple[int, ...]
+    row: tuple[int, ...]
+    reduction: tuple[int, ...]
+    normalize: tuple[int, ...]
+
+    @property
+    def inner_reduction(self) -> bool:
+        return self.dim == self.rank - 1
+
+
+def tiling(knobs: SoftmaxCpuKnobs, rank: int, dim: int) -> Tiling:
+    """Tile sizes for a softmax of rank `rank` over `dim` (both already validated)."""
+    if not 1 <= rank <= 4:
+        raise KnobError(f"softmax strategy supports rank 1 to 4, got rank {rank}")
+    if not 0 <= dim < rank:
+        raise KnobError(f"softmax dim {dim} is out of range for rank {rank}")
+    zeros = [0] * rank
+    if rank == 1:
+        return Tiling(rank, dim, (knobs.rank1_chunk,), (), (knobs.reduction_tile,),
+                      (knobs.vector_width,))
+    if dim == rank - 1:
+        workgroup = [1] * (rank - 2) + [knobs.rows_per_workgroup, 0]
+        row = [1] * (rank - 1) + [0]
+        reduction = zeros[:-1] + [knobs.reduction_tile]
+        normalize = zeros[:-1] + [knobs.vector_width]
+    else:
+        workgroup = [0 if i == dim else 1 for i in range(rank - 1)]
+        workgroup.append(knobs.columns_per_workgroup)
+        row = [0 if i == dim else 1 for i in range(rank - 1)] + [knobs.vector_width]
+        reduction = list(zeros)
+        reduction[dim] = knobs.outer_reduction_tile
+        normalize = list(reduction)
+    return Tiling(rank, dim, tuple(workgroup), tuple(row), tuple(reduction), tuple(normalize))
+
+
+def _block_mapping(tile_sizes: Sequence[int]) -> ir.ArrayAttr:
+    """`[#gpu.block<z>, #gpu.block<y>, #gpu.block<x>]` for the tiled dims, innermost = x."""
+    count = sum(1 for t in tile_sizes if t)
+    names = ["x", "y", "z"][:count][::-1]
+    return ir.ArrayAttr.get([ir.Attribute.parse(f"#gpu.block<{n}>") for n in names])
+
+
+# --- Steps: each takes handles and returns the handles it made --------------------------------
+
+def _any() -> ir.Type:
+    return transform.AnyOpType.get()
+
+
+def match_exactly(target: ir.Value, op_name: str, count: int) -> list[ir.Value]:
+    """Every `op_name` under `target`, one handle each; fails unless there are exactly `count`."""
+    found = structured.MatchOp.match_op_names(target, [op_name]).result
+    split = transform.SplitHandleOp([_any()] * count, found, pass_through_empty_handle=False)
+    return list(split.results)
+
+
+@dataclass(frozen=True)
+class DispatchHandles:
+    """Handles to the ops of one softmax dispatch, in program order."""
+
+    func: ir.Value
+    fills: list[ir.Value]
+    reductions: list[ir.Value]
+    root: ir.Value
+
+
+def match_dispatch(variant: ir.Value, reductions: int) -> DispatchHandles:
+    """The func, its `reductions` fills and reductions, and the root generic (the last one)."""
+    (func,) = match_exactly(variant, "func.func", 1)
+    fills = match_exactly(func, "linalg.fill", reductions)
+    generics = match_exactly(func, "linalg.generic", reductions + 1)
+    return DispatchHandles(func, fills, generics[:-1], generics[-1])
+
+
+def fuse_producers(producers: Sequence[ir.Value], loop_op: ir.Value) -> tuple[list[ir.Value],
+                                                                             ir.Value]:
+    """Fuse `producers` (given in program order) into `loop_op`, consumers first. Returns the
+    fused ops (in program order) and the new loop handle. Fails if one cannot be fused."""
+    fused: list[ir.Value] = []
+    for producer in reversed(producers):
+        op = structured.FuseIntoContainingOp(producer, loop_op)
+        fused.append(op.fused_op)
+        loop_op = op.new_containing_op
+    return fused[::-1], loop_op
+
+
+def _interleave(fills: Sequence[ir.Value], reductions: Sequence[ir.Value]) -> list[ir.Value]:
+    out: list[ir.Value] = []
+    for f, r in zip(fills, reductions, strict=True):
+        out += [f, r]
+    return out
+
+
+def tile_to_workgroups(h: DispatchHandles, t: Tiling) -> tuple[DispatchHandles, ir.Value]:
+    """Tile the root into a workgroup-mapped forall, fill the workgroup count from it, and fuse
+    every fill and reduction into it. Returns the in-forall handles and the forall."""
+    tiled = structured.TileUsingForallOp(h.root, tile_sizes=list(t.workgroup),
+                                         mapping=_block_mapping(t.workgroup))
+    iree_ops.populate_workgroup_count_region_using_num_threads_slice(tiled.forall_op)
+    fused, forall = fuse_producers(_interleave(h.fills, h.reductions), tiled.forall_op)
+    return DispatchHandles(h.func, fused[0::2], fused[1::2], tiled.tiled_op), forall
+
+
+def tile_rows(h: DispatchHandles, t: Tiling) -> DispatchHandles:
+    """Tile the root to one row (or column strip) with scf.for loops and fuse the fills and
+    reductions into the innermost loop."""
+    if not any(t.row):
+        return h
+    tiled = structured.TileUsingForOp(h.root, sizes=list(t.row))
+    fused, _ = fuse_producers(_interleave(h.fills, h.reductions), tiled.loops[-1])
+    return DispatchHandles(h.func, fused[0::2], fused[1::2], tiled.tiled_linalg_op)
+
+
+def tile_reductions(h: DispatchHandles, t: Tiling) -> list[ir.Value]:
+    """Tile each reduction along the softmax dim. Innermost dim: `tile_reduction_using_for`
+    (a partial accumulator of `reduction_tile` lanes, combined once after the loop);
+    otherwise a plain `tile_using_for` (the accumulator is already a vector of columns).
+    Returns the loops made."""
+    loops = []
+    for red in h.reductions:
+        if t.inner_reduction:
+            op = structured.TileReductionUsingForOp([_any()], _any(), _any(), _any(), red,
+                                                    tile_sizes=list(t.reduction))
+            loops.append(op.for_op)
+        else:
+            op = structured.TileUsingForOp(red, sizes=list(t.reduction))
+            loops.append(op.loops[0])
+    return loops
+
+
+def tile_normalize(h: DispatchHandles, t: Tiling) -> ir.Value:
+    """Tile the root (the normalization) along the row; returns the loop."""
+    return structured.TileUsingForOp(h.root, sizes=list(t.normalize)).loops[0]
+
+
+def peel(loops: Sequence[ir.Value]) -> None:
+    """Peel the last, partial iteration of each loop so every tile has a static size.
+
+    Peeling a loop whose trip count divides evenly fails by design; that failure is
+    suppressed (the loop is already full tiles). A leftover dynamic tile is caught later by
+    `vectorize`, which asserts that no linalg op is left."""
+    for lp in loops:
+        for_type = transform.OperationType.get("scf.for")
+        seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], lp)
+        with ir.InsertionPoint(seq.body):
+            cast = transform.CastOp(for_type, seq.bodyTarget)
+            loop.LoopPeelOp(for_type, for_type, cast.result)
+            transform.YieldOp()
+
+
+def cleanup(func: ir.Value) -> None:
+    """Canonicalize, fold tiling leftovers, then CSE."""
+    with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
+        structured.ApplyTilingCanonicalizationPatternsOp()
+        loop.ApplyForLoopCanonicalizationPatternsOp()
+        transform.ApplyCanonicalizationPatternsOp()
+    transform.ApplyCommonSubexpressionEliminationOp(func)
+
+
+def vectorize(func: ir.Value) -> ir.Value:
+    """Vectorize every linalg op of the func; fails if one is left (e.g. a dynamic tile)."""
+    vectorized = structured.VectorizeChildrenAndApplyPatternsOp(func).result
+    with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
+        transform.ApplyCanonicalizationPatternsOp()
+    leftover = structured.MatchOp(_any(), vectorized,
+                                  interface=structured.MatchInterfaceEnum.LinalgOp)
+    transform.MatchOperationEmptyOp(leftover.result)
+    return vectorized
+
+
+def bufferize(func: ir.Value) -> ir.Value:
+    """Eliminate empty tensors, bufferize, and map the workgroup forall to workgroup ids.
+    Returns the bufferized func."""
+    iree_ops.eliminate_empty_tensors(func)
+    with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
+        structured.ApplyEraseUnnecessaryInputsPatternsOp()
+    memref_func = iree_ops.bufferize(func)
+    iree_ops.forall_to_workgroup(memref_func)
+    cleanup(memref_func)
+    return memref_func
+
+
+def lower_vectors(func: ir.Value) -> None:
+    """Lower vector ops to what the LLVM conversion takes, one pattern family per group
+    (a single group with all of them has been seen to never terminate)."""
+    inner = tvector.VectorMultiReductionLowering.InnerReduction
+    groups = [
+        [lambda: tvector.ApplyCastAwayVectorLeadingOneDimPatternsOp(),
+         lambda: tvector.ApplyDropUnitDimWithShapeCastPatternsOp()],
+        [lambda: tvector.ApplyReorderMultiReductionPatternsOp(lowering_strategy=inner),
+         lambda: tvector.ApplyMultiReductionFlatteningPatternsOp(lowering_strategy=inner),
+         lambda: tvector.ApplyMultiReductionUnrollingPatternsOp(lowering_strategy=inner)],
+        [lambda: tvector.ApplyTransferPermutationPatternsOp(),
+         lambda: tvector.ApplyLowerTransferPatternsOp(max_transfer_rank=1)],
+        [lambda: tvector.ApplyTransferToScfPatternsOp(max_transfer_rank=1, full_unroll=True)],
+        [lambda: tvector.ApplyLowerBroadcastPatternsOp()],
+        [lambda: tvector.ApplyLowerShapeCastPatternsOp()],
+        [lambda: transform.ApplyCanonicalizationPatternsOp()],
+    ]
+    for group in groups:
+        with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
+            for build in group:
+                build()
+    transform.ApplyCommonSubexpressionEliminationOp(func)
+
+
+def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
+                       form: str = FUSED) -> transform.NamedSequenceOp:
+    """Emit `transform.named_sequence @name(%variant: !transform.any_op {transform.consumed})`
+    lowering one softmax dispatch of rank `rank` over `dim` (in `form`, see FORMS) at the
+    current insertion point (inside a module with `transform.with_named_sequence`)."""
+    knobs.check()
+    if form not in FORMS:
+        raise KnobError(f"unknown softmax dispatch form {form!r}; expected one of {FORMS}")
+    t = tiling(knobs, rank, dim)
+    seq = transform.NamedSequenceOp(name, [_any()], [],
+                                    arg_attrs=[{"transform.consumed": ir.UnitAttr.get()}])
+    with ir.InsertionPoint(seq.body):
+        h = match_dispatch(seq.bodyTarget, _REDUCTIONS[form])
+        h, _forall = tile_to_workgroups(h, t)
+        h = tile_rows(h, t)
+        loops = tile_reductions(h, t)
+        loops.append(tile_normalize(h, t))
+        peel(loops)
+        cleanup(h.func)
+        func = vectorize(h.func)
+        func = bufferize(func)
+        lower_vectors(func)
+        iree_ops.annotate_translation_info(func, iree_ops.translation_info_no_pipeline())
+        transform.YieldOp()
+    return seq
+
+
+# --- Library entries ---------------------------------------------------------------------------
+
+def spec_name(*, rank: int, dim: int, form: str = FUSED) -> str:
+    """`tdkit_softmax_cpu_r<rank>_d<dim>` (with `_split` for the split form)."""
+    return f"tdkit_softmax_cpu_r{rank}_d{dim}" + ("" if form == FUSED else f"_{form}")
+
+
+def library_entry(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
+                  form: str = FUSED) -> LibraryEntry:
+    """The spec and matcher for softmax dispatches of `rank` over `dim` in `form`."""
+    from tdkit.matchers.softmax import build_codegen_matcher
+
+    knobs.check()
+    tiling(knobs, rank, dim)
+    name = spec_name(rank=rank, dim=dim, form=form)
+    return LibraryEntry(
+        strategy="softmax_cpu",
+        spec_name=name,
+        build_matcher=lambda n: build_codegen_matcher(n, rank=rank, dim=dim, form=form),
+        build_spec=lambda n: build_codegen_spec(n, knobs, rank=rank, dim=dim, form=form),
+    )
+
+
+def library_entries(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int) -> list[LibraryEntry]:
+    """Entries for both dispatch forms (FUSED and SPLIT) of a softmax of `rank` over `dim`."""
+    return [library_entry(knobs, rank=rank, dim=dim, form=f) for f in FORMS]
