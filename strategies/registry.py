@@ -33,6 +33,9 @@ class Family:
       targets: a dispatch (tools.applied.DispatchInfo: name, configured IR) -> whether this
         family is meant to lower it.
       check: (problem, knobs) -> None, raising KnobError for knobs invalid on that problem.
+      fit: (problem, knobs) -> knobs: shrinks the *default* knobs to fit a small problem (a
+        default tile larger than the dim). Values the user sets are never fitted: they are
+        checked, and rejected if invalid.
       description: one line for `--help` and listings.
     """
 
@@ -43,10 +46,11 @@ class Family:
     targets: Callable[[Any], bool]
     check: Callable[[Any, Any], None]
     description: str = ""
+    fit: Callable[[Any, Any], Any] | None = None
 
-    def parse_knobs(self, values: Mapping[str, str] | None = None) -> Any:
-        """Knobs from `name=value` text pairs over the defaults; KnobError for unknown names or
-        values of the wrong type. Does not run `check()`."""
+    def parse_knobs(self, values: Mapping[str, str] | None = None, problem: Any = None) -> Any:
+        """Knobs from `name=value` text pairs over the defaults (fitted to `problem`, if given);
+        KnobError for unknown names or values of the wrong type. Does not run `check()`."""
         fields = {f.name: f for f in dataclasses.fields(self.knobs)}
         parsed: dict[str, Any] = {}
         for key, text in (values or {}).items():
@@ -54,7 +58,10 @@ class Family:
                 raise KnobError(f"unknown knob {key!r} for strategy {self.name}; "
                                 f"known knobs: {', '.join(fields)}")
             parsed[key] = _parse_value(key, text, fields[key])
-        return self.knobs(**parsed)
+        defaults = self.knobs()
+        if problem is not None and self.fit is not None:
+            defaults = self.fit(problem, defaults)
+        return dataclasses.replace(defaults, **parsed)
 
     def library_text(self, problem: Any, knobs: Any) -> str:
         """Check the knobs against the problem, then build and print the verified library."""

@@ -146,7 +146,7 @@ def library_for(problem: Problem, strategy: str, knobs: dict[str, str] | None) -
         raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems "
                             f"(it handles {', '.join(family.kinds)})")
     try:
-        return family.library_text(problem, family.parse_knobs(knobs))
+        return family.library_text(problem, family.parse_knobs(knobs, problem))
     except KnobError as err:
         raise BadInputError(f"invalid knob: {err}") from None
 
