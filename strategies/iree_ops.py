@@ -10,6 +10,7 @@ Op names, operands and attributes follow IREE's `*ExtensionsOps.td` definitions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from iree.compiler import ir
 from iree.compiler.dialects import transform
@@ -135,3 +136,55 @@ def annotate_translation_info(func: ir.Value, info: ir.Attribute) -> None:
     """`transform.annotate %func "translation_info" = <info>` via a `transform.param.constant`."""
     param = transform.ParamConstantOp(transform.AnyParamType.get(), info).result
     transform.AnnotateOp(func, "translation_info", param=param)
+
+
+# --- Helpers added for the attention families ------------------------------------------------
+
+def annotate(target: ir.Value, name: str, attr: ir.Attribute) -> None:
+    """`transform.annotate %target "name" = <attr>` via a `transform.param.constant`."""
+    param = transform.ParamConstantOp(transform.AnyParamType.get(), attr).result
+    transform.AnnotateOp(target, name, param=param)
+
+
+def _i64_list(values: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(v)) for v in values) + "]"
+
+
+def cpu_lowering_config(**levels: Sequence[int]) -> ir.Attribute:
+    """`#iree_cpu.lowering_config<level = [sizes], ...>` for IREE's CPU tiling levels
+    (`distribution`, `vector_common_parallel`, `vector_reduction`, ...), in the given order."""
+    if not levels:
+        raise ValueError("a lowering_config needs at least one tiling level")
+    body = ", ".join(f"{level} = {_i64_list(sizes)}" for level, sizes in levels.items())
+    return ir.Attribute.parse(f"#iree_cpu.lowering_config<{body}>")
+
+
+def translation_info_cpu_pipeline(pipeline: str) -> ir.Attribute:
+    """`#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<NAME>>`: one of IREE's
+    own CPU pipelines (e.g. `LinalgExtTileAndVectorize`)."""
+    if not pipeline.isidentifier():
+        raise ValueError(f"not a pipeline name: {pipeline!r}")
+    return ir.Attribute.parse(
+        f"#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<{pipeline}>>")
+
+
+def compilation_info(lowering_config: ir.Attribute, translation_info: ir.Attribute
+                     ) -> ir.Attribute:
+    """`#iree_codegen.compilation_info<lowering_config = ..., translation_info = ...>`."""
+    return ir.Attribute.parse(
+        f"#iree_codegen.compilation_info<lowering_config = {lowering_config}, "
+        f"translation_info = {translation_info}>")
+
+
+def decomposition_config(*, use_exp2: bool) -> ir.Attribute:
+    """The `decomposition_config` dictionary of an (online_)attention op: `{use_exp2 = ...}`
+    (False makes IREE's decomposition use `exp` and leave the mask unscaled)."""
+    return ir.DictAttr.get({"use_exp2": ir.BoolAttr.get(use_exp2)})
+
+
+def apply_registered_pass(target: ir.Value, pass_name: str,
+                          options: dict[str, Any] | None = None) -> ir.Value:
+    """`transform.apply_registered_pass "pass_name" with options = {...} to %target`: run one
+    registered pass on the payload op. Consumes `target`; returns the new handle."""
+    return transform.ApplyRegisteredPassOp(any_op(), target, pass_name,
+                                           options=dict(options or {})).result

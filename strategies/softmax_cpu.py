@@ -62,12 +62,13 @@ class SoftmaxCpuKnobs:
     columns_per_workgroup: int = 64
     reduction_tile: int = 64
     vector_width: int = 16
-    outer_reduction_tile: int = 1
+    outer_reduction_tile: int = 8
     rank1_chunk: int = 4096
 
     def check(self, shape: tuple[int, ...] | None = None, dim: int | None = None) -> None:
         """Raise KnobError with one sentence for values that cannot give a correct, vectorized
-        kernel; with a `shape` (and the softmax `dim`), also for tiles larger than the dims."""
+        kernel; with a `shape` (and the softmax `dim`, default the last), also for row tiles
+        larger than the row when the softmax dim is the innermost one."""
         for name in ("rows_per_workgroup", "columns_per_workgroup", "reduction_tile",
                      "vector_width", "outer_reduction_tile", "rank1_chunk"):
             value = getattr(self, name)
@@ -94,22 +95,16 @@ class SoftmaxCpuKnobs:
         require(all(isinstance(s, int) and s > 0 for s in shape),
                 f"shape must have positive static sizes, got {shape}")
         d = (rank - 1 if dim is None else dim) % rank
-        if rank == 1:
-            return
         if d == rank - 1:
-            require(self.rows_per_workgroup <= shape[rank - 2],
-                    f"rows_per_workgroup ({self.rows_per_workgroup}) exceeds dim {rank - 2} "
-                    f"of shape {shape}")
+            # The row is tiled by these; a larger tile leaves only a remainder tile.
             require(self.reduction_tile <= shape[d],
                     f"reduction_tile ({self.reduction_tile}) exceeds the softmax dim "
                     f"({shape[d]}) of shape {shape}")
-        else:
-            require(self.columns_per_workgroup <= max(shape[-1], self.vector_width),
-                    f"columns_per_workgroup ({self.columns_per_workgroup}) exceeds the "
-                    f"innermost dim ({shape[-1]}) of shape {shape}")
-            require(self.outer_reduction_tile <= shape[d],
-                    f"outer_reduction_tile ({self.outer_reduction_tile}) exceeds the softmax "
-                    f"dim ({shape[d]}) of shape {shape}")
+            require(self.vector_width <= shape[d],
+                    f"vector_width ({self.vector_width}) exceeds the softmax dim "
+                    f"({shape[d]}) of shape {shape}")
+        # Workgroup tiles and outer_reduction_tile larger than their dim are allowed: they
+        # mean "the whole dim" (a static tile, or a masked one).
 
 
 def _is_pow2(n: int) -> bool:
@@ -136,6 +131,26 @@ class Tiling:
     @property
     def inner_reduction(self) -> bool:
         return self.dim == self.rank - 1
+
+    @property
+    def masked_generic(self) -> tuple[int, ...]:
+        """Vector sizes for a generic left with a dynamic size after peeling: its tile."""
+        if self.inner_reduction:
+            return tuple(1 if i < self.rank - 1 else self.normalize[-1]
+                         for i in range(self.rank))
+        return tuple(self.reduction[i] if i == self.dim else self.row[i]
+                     for i in range(self.rank))
+
+    @property
+    def masked_partial(self) -> tuple[int, ...]:
+        """Vector sizes for a partial accumulator (and the op combining it): the reduction's
+        result dims, then the reduced dim's tile (how tile_reduction_using_for lays it out)."""
+        return (*self.masked_fill, self.reduction[self.dim])
+
+    @property
+    def masked_fill(self) -> tuple[int, ...]:
+        """Vector sizes for a fill (of a reduction's init) left with a dynamic size."""
+        return tuple(s for i, s in enumerate(self.masked_generic) if i != self.dim)
 
 
 def tiling(knobs: SoftmaxCpuKnobs, rank: int, dim: int) -> Tiling:
@@ -230,36 +245,49 @@ def tile_to_workgroups(h: DispatchHandles, t: Tiling) -> tuple[DispatchHandles, 
     return DispatchHandles(h.func, fused[0::2], fused[1::2], tiled.tiled_op), forall
 
 
-def tile_rows(h: DispatchHandles, t: Tiling) -> DispatchHandles:
-    """Tile the root to one row (or column strip) with scf.for loops and fuse the fills and
-    reductions into the innermost loop."""
+def tile_rows(h: DispatchHandles, t: Tiling) -> tuple[DispatchHandles, list[ir.Value]]:
+    """Tile the root to one row (or one column strip) with scf.for loops and fuse the fills
+    and reductions into the innermost loop. Returns the in-loop handles and the loops."""
     if not any(t.row):
-        return h
+        return h, []
     tiled = structured.TileUsingForOp(h.root, sizes=list(t.row))
-    fused, _ = fuse_producers(_interleave(h.fills, h.reductions), tiled.loops[-1])
-    return DispatchHandles(h.func, fused[0::2], fused[1::2], tiled.tiled_linalg_op)
+    loops = list(tiled.loops)
+    fused, loops[-1] = fuse_producers(_interleave(h.fills, h.reductions), loops[-1])
+    return DispatchHandles(h.func, fused[0::2], fused[1::2], tiled.tiled_linalg_op), loops
 
 
-def tile_reductions(h: DispatchHandles, t: Tiling) -> list[ir.Value]:
-    """Tile each reduction along the softmax dim. Innermost dim: `tile_reduction_using_for`
-    (a partial accumulator of `reduction_tile` lanes, combined once after the loop);
-    otherwise a plain `tile_using_for` (the accumulator is already a vector of columns).
-    Returns the loops made."""
-    loops = []
+@dataclass(frozen=True)
+class ReductionTiles:
+    """What `tile_reductions` made, one entry per reduction: the loop, the fill of the
+    partial accumulator, the partial (in-loop) op, and the op combining the partials."""
+
+    loops: list[ir.Value]
+    partial_fills: list[ir.Value]
+    partials: list[ir.Value]
+    combines: list[ir.Value]
+
+
+def tile_reductions(h: DispatchHandles, t: Tiling) -> ReductionTiles:
+    """Tile each reduction along the softmax dim with `tile_reduction_using_for`: a loop over
+    the row whose body updates a partial accumulator elementwise (innermost dim:
+    `reduction_tile` lanes of a row; otherwise `outer_reduction_tile` rows of column vectors:
+    independent dependency chains, and shorter f16 summation chains), combined once after
+    the loop."""
+    out = ReductionTiles([], [], [], [])
     for red in h.reductions:
-        if t.inner_reduction:
-            op = structured.TileReductionUsingForOp([_any()], _any(), _any(), _any(), red,
-                                                    tile_sizes=list(t.reduction))
-            loops.append(op.for_op)
-        else:
-            op = structured.TileUsingForOp(red, sizes=list(t.reduction))
-            loops.append(op.loops[0])
-    return loops
+        op = structured.TileReductionUsingForOp([_any()], _any(), _any(), _any(), red,
+                                                tile_sizes=list(t.reduction))
+        out.loops.append(op.for_op)
+        out.partial_fills.append(op.fill_op[0])
+        out.partials.append(op.split_op)
+        out.combines.append(op.combining_op)
+    return out
 
 
-def tile_normalize(h: DispatchHandles, t: Tiling) -> ir.Value:
-    """Tile the root (the normalization) along the row; returns the loop."""
-    return structured.TileUsingForOp(h.root, sizes=list(t.normalize)).loops[0]
+def tile_normalize(h: DispatchHandles, t: Tiling) -> tuple[ir.Value, ir.Value]:
+    """Tile the root (the normalization) along the row; returns the tiled op and the loop."""
+    tiled = structured.TileUsingForOp(h.root, sizes=list(t.normalize))
+    return tiled.tiled_linalg_op, tiled.loops[0]
 
 
 def peel(loops: Sequence[ir.Value]) -> None:
@@ -286,15 +314,48 @@ def cleanup(func: ir.Value) -> None:
     transform.ApplyCommonSubexpressionEliminationOp(func)
 
 
-def vectorize(func: ir.Value) -> ir.Value:
-    """Vectorize every linalg op of the func; fails if one is left (e.g. a dynamic tile)."""
+def vectorize(func: ir.Value, t: Tiling,
+              masked: Sequence[tuple[ir.Value, Sequence[int]]] = ()) -> ir.Value:
+    """Vectorize the func. Ops with static shapes (all of them once the loops are peeled,
+    when the tiled dims are static) go through `vectorize_children_and_apply_patterns`;
+    generics left with a dynamic size (the column remainder of a workgroup when the softmax
+    dim is not the innermost one, or the rank-1 chunk remainder) get masked vectors of the
+    tile size, and so do fills left dynamic (their buffers get a static size after
+    bufferization, see `bufferize`). `masked` lists ops to vectorize first with the given
+    vector sizes (masks only where a size is dynamic). Fails if any linalg op is left."""
+    for op, sizes in masked:
+        # A producer fused into two consumers is cloned twice, then CSE'd into one op that
+        # the handle lists twice; vectorize wants each op once.
+        unique = transform.MergeHandlesOp([op], deduplicate=True).result
+        structured.VectorizeOp(unique, vector_sizes=list(sizes))
     vectorized = structured.VectorizeChildrenAndApplyPatternsOp(func).result
+    generics = structured.MatchOp.match_op_names(vectorized, ["linalg.generic"]).result
+    structured.VectorizeOp(generics, vector_sizes=list(t.masked_generic))
+    fills = structured.MatchOp.match_op_names(vectorized, ["linalg.fill"]).result
+    structured.VectorizeOp(fills, vector_sizes=list(t.masked_fill))
     with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
+        # A transfer inside a vector.mask region cannot bufferize; make the mask an operand.
+        tvector.ApplyLowerMaskedTransfersPatternsOp()
         transform.ApplyCanonicalizationPatternsOp()
     leftover = structured.MatchOp(_any(), vectorized,
-                                  interface=structured.MatchInterfaceEnum.LinalgOp)
-    transform.MatchOperationEmptyOp(leftover.result)
+                                  interface=structured.MatchInterfaceEnum.LinalgOp).result
+    count = transform.NumAssociationsOp(_param_i64(), leftover).result
+    zero = transform.ParamConstantOp(_param_i64(), ir.IntegerAttr.get(
+        ir.IntegerType.get_signless(64), 0)).result
+    transform.MatchParamCmpIOp(count, zero, transform.MatchCmpIPredicate.eq)
     return vectorized
+
+
+def hoist_accumulators(func: ir.Value) -> ir.Value:
+    """Keep reduction accumulators in registers: hoist the loop-invariant read/write pairs
+    of each accumulator out of its loop (vector iter_args) and forward writes to reads, on
+    tensors, with IREE's own pass. Returns the new func handle."""
+    return transform.ApplyRegisteredPassOp(
+        _any(), func, "iree-codegen-optimize-tensor-insert-extract-slices").result
+
+
+def _param_i64() -> ir.Type:
+    return transform.ParamType.get(ir.IntegerType.get_signless(64))
 
 
 def bufferize(func: ir.Value) -> ir.Value:
@@ -304,6 +365,11 @@ def bufferize(func: ir.Value) -> ir.Value:
     with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
         structured.ApplyEraseUnnecessaryInputsPatternsOp()
     memref_func = iree_ops.bufferize(func)
+    cleanup(memref_func)  # folds loop-carried buffers that pad-dynamic-alloc cannot retype
+    # Dynamically sized stack buffers (accumulators of a partial column strip) get their
+    # static upper bound; LLVMCPU refuses dynamic allocas.
+    memref_func = transform.ApplyRegisteredPassOp(
+        _any(), memref_func, "iree-codegen-pad-dynamic-alloc").result
     iree_ops.forall_to_workgroup(memref_func)
     cleanup(memref_func)
     return memref_func
@@ -331,6 +397,13 @@ def lower_vectors(func: ir.Value) -> None:
             for build in group:
                 build()
     transform.ApplyCommonSubexpressionEliminationOp(func)
+    # The horizontal combines may be reassociated (a tree, not a 64-long chain): faster, and
+    # the f16 sums stay within tolerance. linalg reductions fix no order anyway.
+    reductions = structured.MatchOp.match_op_names(func, ["vector.reduction"]).result
+    reassoc = ir.Attribute.parse("#arith.fastmath<reassoc>")
+    transform.AnnotateOp(reductions, "fastmath",
+                         param=transform.ParamConstantOp(transform.AnyParamType.get(),
+                                                         reassoc).result)
 
 
 def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
@@ -347,12 +420,21 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
     with ir.InsertionPoint(seq.body):
         h = match_dispatch(seq.bodyTarget, _REDUCTIONS[form])
         h, _forall = tile_to_workgroups(h, t)
-        h = tile_rows(h, t)
-        loops = tile_reductions(h, t)
-        loops.append(tile_normalize(h, t))
-        peel(loops)
+        h, _row_loops = tile_rows(h, t)
+        reds = tile_reductions(h, t)
+        root, norm_loop = tile_normalize(h, t)
+        masked: list[tuple[ir.Value, Sequence[int]]] = []
+        if t.inner_reduction:
+            # Static row length: peel so every tile is full-size and static.
+            peel([*reds.loops, norm_loop])
+        else:
+            # Partial column strips: masked vectors (masks fold away when sizes divide).
+            masked += [(f, t.masked_fill) for f in h.fills]
+            masked += [(op, t.masked_partial) for op in [*reds.partial_fills, *reds.combines]]
+            masked += [(op, t.masked_generic) for op in [*reds.partials, root]]
         cleanup(h.func)
-        func = vectorize(h.func)
+        func = vectorize(h.func, t, masked)
+        func = hoist_accumulators(func)
         func = bufferize(func)
         lower_vectors(func)
         iree_ops.annotate_translation_info(func, iree_ops.translation_info_no_pipeline())
