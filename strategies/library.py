@@ -20,6 +20,9 @@ from tdkit.strategies import iree_ops
 
 ENTRY = "__kernel_config"
 SPEC_PREFIX = "tdkit_"
+# The discardable attribute an action without a codegen spec sets on the op it configures,
+# naming the entry (`tdkit.strategy = "tdkit_..."`); `tdkit.tools.applied` looks for it.
+MARKER_ATTR = "tdkit.strategy"
 
 
 @dataclass(frozen=True)
@@ -27,13 +30,21 @@ class LibraryEntry:
     """One strategy in a library: a codegen spec and the matcher that selects it.
 
     `build_matcher(name)` and `build_spec(name)` emit the named sequences at the current
-    insertion point; the matcher is named `matcher_name` (default `<spec_name>_match`)."""
+    insertion point; the matcher is named `matcher_name` (default `<spec_name>_match`).
+
+    `build_action(name)`, when given, emits the action `foreach_match` runs on what the matcher
+    yields, instead of the default one (annotate the func to run `@spec_name`), e.g. to set a
+    configuration for one of IREE's own pipelines. An entry without a codegen spec sets
+    `build_spec` to None; `spec_name` still names the entry (and must be unique and start with
+    `tdkit_`), and its action should leave a marker in the configured IR that
+    `tdkit.tools.applied` recognizes (see `strategy_marker`)."""
 
     strategy: str
     spec_name: str
     build_matcher: Callable[[str], object]
-    build_spec: Callable[[str], object]
+    build_spec: Callable[[str], object] | None
     matcher_name: str = ""
+    build_action: Callable[[str], object] | None = None
 
     def __post_init__(self) -> None:
         if not self.spec_name.startswith(SPEC_PREFIX):
@@ -57,6 +68,14 @@ def build_action(name: str, spec_name: str) -> transform.NamedSequenceOp:
         iree_ops.annotate_translation_info(func, iree_ops.translation_info_codegen_spec(spec_name))
         transform.YieldOp()
     return seq
+
+
+def strategy_marker(target: ir.Value, spec_name: str) -> None:
+    """`transform.annotate %target "tdkit.strategy" = "spec_name"`: leave the marker that tells
+    applied-detection this op was configured by tdkit entry `spec_name`."""
+    param = transform.ParamConstantOp(transform.AnyParamType.get(),
+                                      ir.StringAttr.get(spec_name)).result
+    transform.AnnotateOp(target, MARKER_ATTR, param=param)
 
 
 def build_entry(entries: Sequence[LibraryEntry]) -> transform.NamedSequenceOp:
@@ -85,8 +104,12 @@ def build_library(entries: Sequence[LibraryEntry]) -> ir.Module:
     module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
     with ir.InsertionPoint(module.body):
         for e in entries:
-            e.build_spec(e.spec_name)
+            if e.build_spec is not None:
+                e.build_spec(e.spec_name)
             e.build_matcher(e.matcher_name)
-            build_action(e.action_name, e.spec_name)
+            if e.build_action is not None:
+                e.build_action(e.action_name)
+            else:
+                build_action(e.action_name, e.spec_name)
         build_entry(entries)
     return module

@@ -18,14 +18,19 @@ _EXPORT = re.compile(r"hal\.executable\.export public @([\w$.-]+)")
 _TRANSLATION = re.compile(r"translation_info = #iree_codegen\.translation_info<(.*?)>\s*[,}]")
 _SPEC = re.compile(r"codegen_spec = @([\w$.-]+)")
 _PIPELINE = re.compile(r"pipeline = (#[\w.]+<\w+>|#[\w.]+)")
+# The marker a tdkit entry without a codegen spec leaves on the op it configured
+# (strategies.library.MARKER_ATTR), e.g. `tdkit.strategy = "tdkit_attention_config_b_f32"`.
+_MARKER = re.compile(r'tdkit\.strategy = "(tdkit_[\w$.-]+)"')
 
 
 @dataclass(frozen=True)
 class DispatchInfo:
     """One dispatch of a compiled module and the pipeline that lowered it.
 
-    `strategy` is the tdkit codegen spec that ran (e.g. "tdkit_softmax_cpu_r2_d1"), or
-    "default:<pipeline>" when IREE's own pipeline lowered it."""
+    `strategy` is the tdkit codegen spec that ran (e.g. "tdkit_softmax_cpu_r2_d1"), or the
+    tdkit entry whose marker (`tdkit.strategy = "tdkit_..."`) is on an op of the dispatch (an
+    entry that configures one of IREE's pipelines), or "default:<pipeline>" when IREE's own
+    pipeline lowered it untouched."""
 
     name: str
     strategy: str
@@ -49,13 +54,25 @@ def dispatches(artifact: Artifact) -> list[DispatchInfo]:
         for i, name in enumerate(exports):
             info = translations[i] if i < len(translations) else ""
             spec = _SPEC.search(info)
+            marker = _MARKER.search(_func_body(text, name))
             if spec:
                 strategy = spec.group(1)
+            elif marker:
+                strategy = marker.group(1)
             else:
                 pipe = _PIPELINE.search(info)
                 strategy = "default:" + (pipe.group(1) if pipe else "unknown")
             found.append(DispatchInfo(name, strategy, text))
     return found
+
+
+def _func_body(text: str, name: str) -> str:
+    """The text of `func.func @name` up to the next func (empty if absent)."""
+    start = text.find(f"func.func @{name}(")
+    if start < 0:
+        return ""
+    end = text.find("func.func @", start + 1)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def check_applied(artifact: Artifact, is_target: Callable[[DispatchInfo], bool],
