@@ -1,0 +1,56 @@
+"""Registers tdkit's built-in strategy families with the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from tdkit.strategies import softmax_cpu
+from tdkit.strategies.library import LibraryEntry
+from tdkit.strategies.registry import Family, register
+
+MAX_RANK = 4
+_MAX = re.compile(r"arith\.max(imum|num)f")
+
+
+def _softmax_entries(problem: Any, knobs: softmax_cpu.SoftmaxCpuKnobs) -> list[LibraryEntry]:
+    if problem is not None:
+        return softmax_cpu.library_entries(knobs, rank=problem.rank, dim=problem.axis)
+    return [e for rank in range(1, MAX_RANK + 1) for dim in range(rank)
+            for e in softmax_cpu.library_entries(knobs, rank=rank, dim=dim)]
+
+
+def _softmax_fit(problem: Any, knobs: softmax_cpu.SoftmaxCpuKnobs) -> softmax_cpu.SoftmaxCpuKnobs:
+    """Shrink the default row tiles of a short innermost softmax dim to fit it."""
+    if problem.axis != problem.rank - 1:
+        return knobs
+    row = problem.shape[problem.axis]
+    width = knobs.vector_width
+    while width > row:
+        width //= 2
+    tile = min(knobs.reduction_tile, row) // width * width
+    return dataclasses.replace(knobs, vector_width=width, reduction_tile=tile)
+
+
+def _softmax_check(problem: Any, knobs: softmax_cpu.SoftmaxCpuKnobs) -> None:
+    knobs.check(problem.shape, problem.axis)
+
+
+def is_softmax_dispatch(dispatch: Any) -> bool:
+    """A dispatch computing (part of) a softmax: a max reduction and an exp, and not an
+    attention op (whose region also exponentiates)."""
+    src = dispatch.source
+    return bool(_MAX.search(src)) and "math.exp" in src and "iree_linalg_ext" not in src
+
+
+SOFTMAX_CPU = register(Family(
+    name="softmax_cpu",
+    kinds=("softmax",),
+    knobs=softmax_cpu.SoftmaxCpuKnobs,
+    entries=_softmax_entries,
+    targets=is_softmax_dispatch,
+    check=_softmax_check,
+    fit=_softmax_fit,
+    description="softmax on CPU: rows to workgroups, fused reductions, vectorized, no_pipeline",
+))
