@@ -38,6 +38,7 @@ from typing import Any
 from iree.compiler import ir
 from iree.compiler.dialects import transform
 from iree.compiler.dialects.transform import loop, structured
+from iree.compiler.dialects.transform import vector as tvector
 
 from tdkit.matchers.attention import (
     CODEGEN_MASK_BOOL,
@@ -56,6 +57,8 @@ FAMILY = "flash"
 ONLINE_ATTENTION = "iree_linalg_ext.online_attention"
 # f32's most negative finite value: the running-max fill IREE uses, and so the max padding.
 F32_LOWEST = -3.4028234663852886e38
+LAYOUTS = ("rows", "transposed")
+LOWERINGS = ("iree", "transform")
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,22 @@ class FlashKnobs:
       key_tile: keys per step of the key loop (KC); the score tile is rows x key_tile.
       exp2: use IREE's exp2 decomposition (mask scaled by log2(e)); False uses exp, which keeps
         `finfo.min` masks finite (fully masked rows stay correct).
+      layout: "rows" keeps IREE's decomposition as is (scores `rows x key_tile`, vectors along
+        the keys); "transposed" interchanges the score ops so that scores are computed and
+        reduced as `key_tile x rows` (vectors along the query rows): Q·Kᵀ needs no transpose
+        of K and the softmax reductions are element-wise across vectors.
+      lowering: "iree" lowers vectors with IREE's CPU vector-lowering passes; "transform"
+        with transform-dialect patterns (contractions to outer products, multi-reductions
+        `innerparallel`), which keeps the "transposed" layout.
+      masked_normalize: vectorize the normalize generic of a partial row tile with masked
+        vectors (False leaves it to IREE's scalar loop lowering).
     """
 
     rows: int = 8
     key_tile: int = 16
     exp2: bool = False
+    layout: str = "rows"
+    lowering: str = "iree"
     masked_normalize: bool = False
 
     def check(self, problem: Any = None) -> None:
@@ -82,6 +96,10 @@ class FlashKnobs:
             require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                     f"{name} must be a positive integer, got {value!r}")
         require(self.rows <= 64, f"rows must be at most 64, got {self.rows}")
+        require(self.layout in LAYOUTS,
+                f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        require(self.lowering in LOWERINGS,
+                f"lowering must be one of {', '.join(LOWERINGS)}, got {self.lowering!r}")
         require(_is_pow2(self.key_tile),
                 f"key_tile must be a power of two (it is a vector width), got {self.key_tile}")
         require(self.key_tile <= 64, f"key_tile must be at most 64, got {self.key_tile}")
@@ -182,14 +200,52 @@ def peel(for_loop: ir.Value) -> None:
         transform.YieldOp()
 
 
-def decompose(func: ir.Value) -> None:
-    """Decompose every online_attention of the func (full tiles and the peeled remainder)."""
+def decompose(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None:
+    """Decompose every online_attention of the func (full key tiles and the peeled remainder,
+    each in its own `scf.for`); with the "transposed" layout, interchange the score ops of
+    each decomposition (see `interchange_scores`)."""
     found = structured.MatchOp.match_op_names(func, [ONLINE_ATTENTION]).result
     each = transform.ForeachOp([], [found])
-    block = each.body
-    with ir.InsertionPoint(block):
-        iree_ops.decompose_aggregate_op(block.arguments[0])
+    with ir.InsertionPoint(each.body):
+        attention = each.body.arguments[0]
+        key_loop = transform.GetParentOp(_any(), attention, op_name="scf.for").result
+        iree_ops.decompose_aggregate_op(attention)
+        if knobs.layout == "transposed":
+            interchange_scores(key_loop, pred)
         transform.YieldOp()
+
+
+def decomposed_generics(pred: CodegenPredicate) -> list[str]:
+    """The `linalg.generic`s one online_attention decomposes into, in program order (IREE
+    3.13, `OnlineAttentionOp::decomposeOperation`)."""
+    ops = ["scale_q", "qk", "qk_elementwise"]
+    if pred.masked:
+        ops.append("mask")
+    ops += ["max", "norm", "norm_sum", "p", "sum"]
+    if pred.dtype not in (None, DType.F32):
+        ops.append("truncate_p")
+    return ops + ["scale_acc", "pv"]
+
+
+def interchange_scores(key_loop: ir.Value, pred: CodegenPredicate) -> list[ir.Value]:
+    """Interchange the loops of the generics that produce or read the score tile so that the
+    key dim comes before the query-row dim: vectorization then builds `key_tile x rows`
+    vectors. Q·Kᵀ becomes `(b, k2, m, k1)`. Returns the interchanged generics."""
+    names = decomposed_generics(pred)
+    found = structured.MatchOp.match_op_names(key_loop, ["linalg.generic"]).result
+    generics = transform.SplitHandleOp([_any()] * len(names), found,
+                                       pass_through_empty_handle=False).results
+    batch = [0] if pred.batched else []
+    shift = len(batch)
+    score_perm = batch + [shift + 1, shift]                  # (b, m, k2) -> (b, k2, m)
+    qk_perm = batch + [shift + 2, shift, shift + 1]          # (b, m, k1, k2) -> (b, k2, m, k1)
+    perms = {"qk": qk_perm, "qk_elementwise": score_perm, "mask": score_perm,
+             "max": score_perm, "p": score_perm, "sum": score_perm, "truncate_p": score_perm}
+    out = []
+    for name, generic in zip(names, generics, strict=True):
+        if name in perms:
+            out.append(structured.InterchangeOp(generic, iterator_interchange=perms[name]).result)
+    return out
 
 
 def cleanup(func: ir.Value) -> None:
@@ -209,12 +265,23 @@ def vectorize_normalize(func: ir.Value, dims: Dims, knobs: FlashKnobs, value_dim
     structured.VectorizeOp(generic, [1] * (dims.rank - 4) + [knobs.rows, value_dim])
 
 
-def vectorize(func: ir.Value) -> ir.Value:
-    """Vectorize every linalg op of the func and fail if one is left (e.g. a dynamic tile).
-    Returns the func handle."""
-    vectorized = structured.VectorizeChildrenAndApplyPatternsOp(func).result
+def vectorize(func: ir.Value, knobs: FlashKnobs) -> ir.Value:
+    """Vectorize every static linalg op of the func; returns the func handle.
+
+    With the "transposed" layout the transfer permutation patterns are applied only after
+    the vectorizer's own patterns, so the score ops keep the iteration order the
+    interchange gave them; then the broadcasts are folded into contractions."""
+    transposed = knobs.layout == "transposed"
+    vectorized = structured.VectorizeChildrenAndApplyPatternsOp(
+        func, disable_transfer_permutation_map_lowering_patterns=transposed).result
     with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
         transform.ApplyCanonicalizationPatternsOp()
+    if transposed:
+        with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
+            tvector.ApplyTransferPermutationPatternsOp()
+        with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
+            tvector.ApplyVectorReductionToContractPatternsOp()
+            transform.ApplyCanonicalizationPatternsOp()
     transform.ApplyCommonSubexpressionEliminationOp(vectorized)
     return vectorized
 
@@ -241,12 +308,58 @@ VECTOR_LOWERING_PASSES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def lower_vectors(func: ir.Value) -> ir.Value:
+def lower_vectors(func: ir.Value, knobs: FlashKnobs) -> ir.Value:
+    """Lower vector ops to what IREE's LLVM conversion takes. Returns the func handle."""
+    if knobs.lowering == "iree":
+        return lower_vectors_iree(func)
+    lower_vectors_transform(func)
+    return func
+
+
+def lower_vectors_iree(func: ir.Value) -> ir.Value:
     """IREE's CPU vector lowering, pass by pass (as its own pipelines run it). Returns the
     func handle (each pass consumes the previous one)."""
     for name, options in VECTOR_LOWERING_PASSES:
         func = iree_ops.apply_registered_pass(func, name, options)
     return func
+
+
+def lower_vectors_transform(func: ir.Value) -> None:
+    """Lower vector ops with transform-dialect patterns, one family per group (a single
+    group with all of them has been seen to never terminate): contractions to outer
+    products to FMAs, multi-reductions over outer dims element-wise (`innerparallel`),
+    transfers to 1-D loads/stores, transposes, broadcasts and shape casts."""
+    parallel = tvector.VectorMultiReductionLowering.InnerParallel
+    groups = [
+        # 2-D contractions lower to outer products in their accumulator's layout; with a
+        # leading unit (batch) dim they would be unrolled along the query rows instead.
+        [lambda: tvector.ApplyCastAwayVectorLeadingOneDimPatternsOp(),
+         lambda: tvector.ApplyDropUnitDimWithShapeCastPatternsOp()],
+        [lambda: tvector.ApplyLowerContractionPatternsOp(
+            lowering_strategy=tvector.VectorContractLowering.OuterProduct)],
+        [lambda: tvector.ApplyLowerOuterProductPatternsOp(),
+         lambda: transform.ApplyCanonicalizationPatternsOp()],
+        [lambda: tvector.ApplyReorderMultiReductionPatternsOp(lowering_strategy=parallel),
+         lambda: tvector.ApplyMultiReductionFlatteningPatternsOp(lowering_strategy=parallel),
+         lambda: tvector.ApplyMultiReductionUnrollingPatternsOp(lowering_strategy=parallel)],
+        [lambda: tvector.ApplyCastAwayVectorLeadingOneDimPatternsOp(),
+         lambda: tvector.ApplyDropUnitDimWithShapeCastPatternsOp()],
+        [lambda: tvector.ApplyTransferPermutationPatternsOp(),
+         lambda: tvector.ApplyLowerTransferPatternsOp(max_transfer_rank=1)],
+        [lambda: tvector.ApplyTransferToScfPatternsOp(max_transfer_rank=1, full_unroll=True)],
+        [lambda: tvector.ApplyLowerTransposePatternsOp(
+            lowering_strategy=tvector.VectorTransposeLowering.Shuffle16x16)],
+        [lambda: tvector.ApplyLowerBroadcastPatternsOp()],
+        [lambda: tvector.ApplyLowerShapeCastPatternsOp()],
+        [lambda: transform.ApplyCanonicalizationPatternsOp()],
+    ]
+    for i, group in enumerate(groups):
+        with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
+            for build in group:
+                build()
+        if i == 2:  # hoist what the contraction lowering made loop-invariant (Q transposed)
+            iree_ops.apply_licm(func)
+    transform.ApplyCommonSubexpressionEliminationOp(func)
 
 
 def padding_values(pred: CodegenPredicate) -> list[ir.Attribute]:
@@ -283,11 +396,11 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate,
             vectorize_normalize(func, dims, knobs, value_dim)
         attention, key_loop = tile_keys(attention, dims, knobs)
         peel(key_loop)
-        decompose(func)
+        decompose(func, pred, knobs)
         cleanup(func)
-        func = vectorize(func)
+        func = vectorize(func, knobs)
         func = bufferize(func)
-        func = lower_vectors(func)
+        func = lower_vectors(func, knobs)
         iree_ops.annotate(func, "translation_info", iree_ops.translation_info_no_pipeline())
         transform.YieldOp()
     return seq

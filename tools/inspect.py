@@ -13,26 +13,41 @@ from tdkit.tools.harness import HarnessConfig, library_for, payload_text
 from tdkit.tools.toolchain import compile_module
 
 PASS = "iree-codegen-lower-executable-using-transform-dialect"
-_HEADER = re.compile(r"^// -----// IR Dump After .*\(" + re.escape(PASS) + r"\) //----- //$",
-                     re.MULTILINE)
+# IREE's own CPU pipelines (entries that only configure a dispatch, e.g. the attention `config`
+# family) run inside this pass; its dump is the dispatch right before LLVM conversion.
+CPU_PIPELINE_PASS = "iree-llvmcpu-lower-executable-target"
+# MLIR prints either "After NamePass (arg)" or "After NamePass: arg{options}".
+_HEADER = re.compile(r"^// -----// IR Dump After \S+(?: \((?P<a>[\w-]+)\)|: (?P<b>[\w-]+)\S*)"
+                     r" //----- //$", re.MULTILINE)
 
 
 def strategy_ir(problem: Any, strategy: str, knobs: dict[str, str] | None, *, form: str | None,
                 cfg: HarnessConfig) -> str:
-    """Compile `problem` with `strategy`, printing the IR after the transform strategy ran, and
-    return the dumps of the dispatches the strategy lowered."""
+    """Compile `problem` with `strategy`, printing each dispatch's IR right after its codegen
+    (the transform strategy, or the IREE pipeline a configuring entry selected), and return
+    the dumps of the dispatches the strategy lowered."""
     payload = payload_text(problem, form or problem.forms[0])
     library = library_for(problem, strategy, knobs)
     opts = replace(cfg.compile, extra_flags=(*cfg.compile.extra_flags,
                                              f"--mlir-print-ir-after={PASS}",
+                                             f"--mlir-print-ir-after={CPU_PIPELINE_PASS}",
                                              "--mlir-disable-threading"))
     art = compile_module(payload, cfg.root() / "apply", opts, strategy=library,
                          compiler=cfg.compiler)
     family = registry.get(strategy)
-    check_applied(art, family.targets)
-    starts = [m.start() for m in _HEADER.finditer(art.stderr)] + [len(art.stderr)]
-    dumps = [art.stderr[a:b] for a, b in zip(starts, starts[1:], strict=False)]
-    lowered = [d for d in dumps if "no_pipeline" in d]
+    infos = check_applied(art, family.targets)
+    names = [d.name for d in infos if d.by_tdkit and family.targets(d)]
+    headers = list(_HEADER.finditer(art.stderr))
+    starts = [m.start() for m in headers] + [len(art.stderr)]
+    lowered: dict[str, str] = {}  # the first dump after codegen of each targeted dispatch
+    for m, a, b in zip(headers, starts, starts[1:], strict=False):
+        dump = art.stderr[a:b]
+        pass_name = m.group("a") or m.group("b")
+        if pass_name == PASS and "no_pipeline" not in dump:
+            continue  # a dispatch the transform dialect did not lower
+        for n in names:
+            if f"func.func @{n}(" in dump:
+                lowered.setdefault(n, dump)
     if not lowered:
         raise NotAppliedError(f"no dispatch was lowered by {strategy}; artifacts in {art.dir}")
-    return "".join(lowered)
+    return "".join(lowered.values())
