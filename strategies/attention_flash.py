@@ -32,7 +32,7 @@ accumulator, two WM-vectors of statistics and a WM x KC score tile.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from iree.compiler import ir
@@ -113,6 +113,14 @@ class FlashKnobs:
                 f"rows ({self.rows}) exceeds the query length M = {problem.m}")
         require(self.key_tile <= problem.k2,
                 f"key_tile ({self.key_tile}) exceeds the key length K2 = {problem.k2}")
+
+
+def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
+    """Shrink the default knobs to a small problem: rows <= M, key_tile a power of two <= K2."""
+    key_tile = knobs.key_tile
+    while key_tile > problem.k2:
+        key_tile //= 2
+    return replace(knobs, rows=min(knobs.rows, problem.m), key_tile=key_tile)
 
 
 def _is_pow2(n: int) -> bool:

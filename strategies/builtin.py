@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Any
 
-from tdkit.strategies import softmax_cpu
+from tdkit.strategies import attention_config, attention_flash, softmax_cpu
 from tdkit.strategies.library import LibraryEntry
 from tdkit.strategies.registry import Family, register
 
@@ -53,4 +53,33 @@ SOFTMAX_CPU = register(Family(
     check=_softmax_check,
     fit=_softmax_fit,
     description="softmax on CPU: rows to workgroups, fused reductions, vectorized, no_pipeline",
+))
+
+
+def is_attention_dispatch(dispatch: Any) -> bool:
+    """A dispatch holding IREE's codegen form of attention (`online_attention`)."""
+    return "iree_linalg_ext.online_attention" in dispatch.source
+
+
+FLASH = register(Family(
+    name=attention_flash.FAMILY,
+    kinds=("attention",),
+    knobs=attention_flash.FlashKnobs,
+    entries=lambda problem, knobs: attention_flash.library_entries(problem, knobs),
+    targets=is_attention_dispatch,
+    check=lambda problem, knobs: knobs.check(problem),
+    fit=attention_flash.fit,
+    description="attention on CPU: query rows to workgroups, online-softmax key loop, "
+                "decomposed, vectorized, no_pipeline",
+))
+
+CONFIG = register(Family(
+    name=attention_config.FAMILY,
+    kinds=("attention",),
+    knobs=attention_config.ConfigKnobs,
+    entries=lambda problem, knobs: attention_config.library_entries(problem, knobs),
+    targets=is_attention_dispatch,
+    check=lambda problem, knobs: knobs.check(problem),
+    fit=attention_config.fit,
+    description="attention on CPU: tile sizes for IREE's LinalgExtTileAndVectorize pipeline",
 ))
