@@ -64,11 +64,11 @@ def _dims(positions: list[int], *, inverted: bool = False, all_dims: bool = Fals
 
 
 def match_structured(op: ir.Value, *, rank: int, num_inputs: int, reduced_dim: int | None,
-                     single_combiner: bool = False) -> None:
+                     single_combiner: bool = False, bitwidth: int | None = None) -> None:
     """`transform.match.structured` on `op`: a linalg op of `rank` loops with `num_inputs`
     inputs and one init; if `reduced_dim` is None all loops are parallel, otherwise exactly
     that loop is a reduction. `single_combiner` also requires the body to be one combiner op
-    (e.g. a plain max-reduce)."""
+    (e.g. a plain max-reduce); `bitwidth` requires that element bitwidth of the result."""
     block_op = _create("transform.match.structured", [op], [],
                        {"failure_propagation_mode": ir.IntegerAttr.get(
                            ir.IntegerType.get_signless(32), 1)}, regions=1)
@@ -93,6 +93,13 @@ def match_structured(op: ir.Value, *, rank: int, num_inputs: int, reduced_dim: i
                         {**_dims([reduced_dim], inverted=True), "parallel": _unit()})
         _create("transform.match.structured.input", [arg], [],
                 {"raw_position_list": ir.DenseI64ArrayAttr.get([0]), "permutation": _unit()})
+        if bitwidth is not None:
+            init = _create("transform.match.structured.init", [arg],
+                           [transform.AnyValueType.get()],
+                           {"raw_position_list": ir.DenseI64ArrayAttr.get([0])}).result
+            width = _create("transform.match.structured.elemental_bitwidth", [init],
+                            [_param_i64()]).result
+            _expect_param(width, bitwidth)
         if single_combiner:
             _create("transform.match.structured.body", [arg], [],
                     {"reduction_position": ir.IntegerAttr.get(
@@ -126,6 +133,9 @@ def build_codegen_matcher(name: str, *, rank: int, dim: int,
     if form not in FORMS:
         raise ValueError(f"unknown softmax dispatch form {form!r}; expected one of {FORMS}")
     reductions = 2 if form == FUSED else 1
+    # IREE keeps the reduced loop at `dim` in the fused dispatch but moves it last (with a
+    # permuted input map) in the split dispatches.
+    reduced_loop = dim if form == FUSED else rank - 1
     seq = transform.NamedSequenceOp(name, [_any()], [_any()],
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
@@ -135,12 +145,16 @@ def build_codegen_matcher(name: str, *, rank: int, dim: int,
         transform.MatchOperationNameOp(store, STORES)
         root = transform.GetProducerOfOperand(_any(), store, 0).result
         transform.MatchOperationNameOp(root, ["linalg.generic"])
-        match_structured(root, rank=rank, num_inputs=reductions + 1, reduced_dim=None)
+        # Split-form f16/bf16 dispatches get their max-reduce rewritten after configuration
+        # (extf, f32 maximumf, truncf), which neither tile_reduction_using_for nor the
+        # vectorizer can analyze: leave those to IREE's default pipeline.
+        match_structured(root, rank=rank, num_inputs=reductions + 1, reduced_dim=None,
+                         bitwidth=None if form == FUSED else 32)
         for i in range(reductions):
             red = transform.GetProducerOfOperand(_any(), root, i + 1).result
             transform.MatchOperationNameOp(red, ["linalg.generic"])
             # The first reduction (max) reads x; the second (exp-sum) reads x and the max.
-            match_structured(red, rank=rank, num_inputs=i + 1, reduced_dim=dim,
+            match_structured(red, rank=rank, num_inputs=i + 1, reduced_dim=reduced_loop,
                              single_combiner=(i == 0))
             _expect_loaded(red, 0)
             init = transform.GetProducerOfOperand(_any(), red, i + 1).result

@@ -37,7 +37,10 @@ class LibraryEntry:
     configuration for one of IREE's own pipelines. An entry without a codegen spec sets
     `build_spec` to None; `spec_name` still names the entry (and must be unique and start with
     `tdkit_`), and its action should leave a marker in the configured IR that
-    `tdkit.tools.applied` recognizes (see `strategy_marker`)."""
+    `tdkit.tools.applied` recognizes (see `strategy_marker`).
+
+    `config` (e.g. the knobs) tells entries with the same spec name apart: repeated entries
+    with equal configs are built once, different ones with one name are an error."""
 
     strategy: str
     spec_name: str
@@ -45,6 +48,7 @@ class LibraryEntry:
     build_spec: Callable[[str], object] | None
     matcher_name: str = ""
     build_action: Callable[[str], object] | None = None
+    config: object = None
 
     def __post_init__(self) -> None:
         if not self.spec_name.startswith(SPEC_PREFIX):
@@ -92,14 +96,25 @@ def build_entry(entries: Sequence[LibraryEntry]) -> transform.NamedSequenceOp:
     return seq
 
 
+def unique_entries(entries: Sequence[LibraryEntry]) -> list[LibraryEntry]:
+    """Drop repeated entries (same spec name, strategy and config), keeping the first;
+    ValueError for two different entries that claim the same spec name."""
+    seen: dict[str, LibraryEntry] = {}
+    for e in entries:
+        prev = seen.get(e.spec_name)
+        if prev is None:
+            seen[e.spec_name] = e
+        elif (prev.strategy, prev.config) != (e.strategy, e.config):
+            raise ValueError(f"two different library entries are named {e.spec_name!r}")
+    return list(seen.values())
+
+
 def build_library(entries: Sequence[LibraryEntry]) -> ir.Module:
     """A module `attributes {transform.with_named_sequence}` holding every entry's spec,
     matcher and action, and the `@__kernel_config` entry. Needs an active context/location."""
     if not entries:
         raise ValueError("a transform library needs at least one entry")
-    names = [e.spec_name for e in entries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate spec names in library: {names}")
+    entries = unique_entries(entries)
     module = ir.Module.create()
     module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
     with ir.InsertionPoint(module.body):

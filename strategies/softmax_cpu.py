@@ -58,7 +58,7 @@ class SoftmaxCpuKnobs:
         recomputes the two reductions over the whole vector).
     """
 
-    rows_per_workgroup: int = 8
+    rows_per_workgroup: int = 2
     columns_per_workgroup: int = 64
     reduction_tile: int = 64
     vector_width: int = 16
@@ -115,14 +115,16 @@ def _is_pow2(n: int) -> bool:
 
 @dataclass(frozen=True)
 class Tiling:
-    """The tile sizes the strategy uses for one (rank, dim), derived from the knobs.
+    """The tile sizes the strategy uses for one (rank, dim, form), derived from the knobs.
 
     `workgroup`/`row` tile the root (all-parallel, rank `rank`); `reduction` tiles each
-    reduction; `normalize` tiles the root within a row. `inner_reduction` says whether the
-    reduced dim is the innermost (contiguous) one."""
+    reduction op along its reduced loop (`reduced_loop`: `dim`, except in the SPLIT form
+    where IREE moves it last); `normalize` tiles the root within a row.
+    `inner_reduction` says whether the reduced dim is the innermost (contiguous) one."""
 
     rank: int
     dim: int
+    reduced_loop: int
     workgroup: tuple[int, ...]
     row: tuple[int, ...]
     reduction: tuple[int, ...]
@@ -134,35 +136,53 @@ class Tiling:
 
     @property
     def masked_generic(self) -> tuple[int, ...]:
-        """Vector sizes for a generic left with a dynamic size after peeling: its tile."""
+        """Vector sizes for the root when a tile may be partial: its innermost tile."""
         if self.inner_reduction:
             return tuple(1 if i < self.rank - 1 else self.normalize[-1]
                          for i in range(self.rank))
-        return tuple(self.reduction[i] if i == self.dim else self.row[i]
+        return tuple(self.normalize[i] if i == self.dim else self.row[i]
                      for i in range(self.rank))
+
+    @property
+    def masked_fill(self) -> tuple[int, ...]:
+        """Vector sizes for a fill (a reduction's init): the root tile without `dim`."""
+        return tuple(s for i, s in enumerate(self.masked_generic) if i != self.dim)
 
     @property
     def masked_partial(self) -> tuple[int, ...]:
         """Vector sizes for a partial accumulator (and the op combining it): the reduction's
         result dims, then the reduced dim's tile (how tile_reduction_using_for lays it out)."""
-        return (*self.masked_fill, self.reduction[self.dim])
+        return (*self.masked_fill, self.reduction[self.reduced_loop])
 
     @property
-    def masked_fill(self) -> tuple[int, ...]:
-        """Vector sizes for a fill (of a reduction's init) left with a dynamic size."""
-        return tuple(s for i, s in enumerate(self.masked_generic) if i != self.dim)
+    def masked_reduction(self) -> tuple[int, ...]:
+        """Vector sizes for a reduction's in-loop partial op, in its own loop order."""
+        if self.reduced_loop == self.dim:
+            return tuple(self.reduction[i] if i == self.dim else s
+                         for i, s in enumerate(self.masked_generic))
+        return self.masked_partial
 
 
-def tiling(knobs: SoftmaxCpuKnobs, rank: int, dim: int) -> Tiling:
-    """Tile sizes for a softmax of rank `rank` over `dim` (both already validated)."""
+def split_form_shape(rank: int, dim: int) -> tuple[int, int]:
+    """The (rank, dim) of the SPLIT-form dispatches of a softmax of `rank` over `dim`: IREE
+    collapses the dims before `dim` into one and the dims after it into one."""
+    return (int(dim > 0) + 1 + int(dim < rank - 1), int(dim > 0))
+
+
+def tiling(knobs: SoftmaxCpuKnobs, rank: int, dim: int, form: str = FUSED) -> Tiling:
+    """Tile sizes for the dispatch of a softmax of rank `rank` over `dim` in `form` (rank and
+    dim as the dispatch shows them)."""
     if not 1 <= rank <= 4:
         raise KnobError(f"softmax strategy supports rank 1 to 4, got rank {rank}")
     if not 0 <= dim < rank:
         raise KnobError(f"softmax dim {dim} is out of range for rank {rank}")
+    if form not in FORMS:
+        raise KnobError(f"unknown softmax dispatch form {form!r}; expected one of {FORMS}")
     zeros = [0] * rank
+    reduced_loop = dim if form == FUSED else rank - 1
     if rank == 1:
-        return Tiling(rank, dim, (knobs.rank1_chunk,), (), (knobs.reduction_tile,),
-                      (knobs.vector_width,))
+        return Tiling(rank, dim, reduced_loop, (knobs.rank1_chunk,), (),
+                      (knobs.reduction_tile,), (knobs.vector_width,))
     if dim == rank - 1:
         workgroup = [1] * (rank - 2) + [knobs.rows_per_workgroup, 0]
         row = [1] * (rank - 1) + [0]
@@ -172,10 +192,12 @@ def tiling(knobs: SoftmaxCpuKnobs, rank: int, dim: int) -> Tiling:
         workgroup = [0 if i == dim else 1 for i in range(rank - 1)]
         workgroup.append(knobs.columns_per_workgroup)
         row = [0 if i == dim else 1 for i in range(rank - 1)] + [knobs.vector_width]
+        normalize = list(zeros)
+        normalize[dim] = knobs.outer_reduction_tile
         reduction = list(zeros)
-        reduction[dim] = knobs.outer_reduction_tile
-        normalize = list(reduction)
-    return Tiling(rank, dim, tuple(workgroup), tuple(row), tuple(reduction), tuple(normalize))
+        reduction[reduced_loop] = knobs.outer_reduction_tile
+    return Tiling(rank, dim, reduced_loop, tuple(workgroup), tuple(row), tuple(reduction),
+                  tuple(normalize))
 
 
 def _block_mapping(tile_sizes: Sequence[int]) -> ir.ArrayAttr:
@@ -267,20 +289,30 @@ class ReductionTiles:
     combines: list[ir.Value]
 
 
-def tile_reductions(h: DispatchHandles, t: Tiling) -> ReductionTiles:
-    """Tile each reduction along the softmax dim with `tile_reduction_using_for`: a loop over
-    the row whose body updates a partial accumulator elementwise (innermost dim:
-    `reduction_tile` lanes of a row; otherwise `outer_reduction_tile` rows of column vectors:
-    independent dependency chains, and shorter f16 summation chains), combined once after
-    the loop."""
+def tile_reductions(h: DispatchHandles, t: Tiling, *, partial: bool = True) -> ReductionTiles:
+    """Tile each reduction along its reduced loop.
+
+    `partial=True`: `tile_reduction_using_for`, a loop whose body updates a partial
+    accumulator elementwise (innermost dim: `reduction_tile` lanes of a row; otherwise
+    `outer_reduction_tile` rows of column vectors: independent dependency chains, and
+    shorter f16 summation chains), combined once after the loop. It needs a reduction body
+    with a single combiner op.
+    `partial=False`: plain `tile_using_for`; each step reduces its tile into the running
+    value. Works for any body (IREE widens an f16 `maximumf` to f32 with extf/truncf in the
+    split form, which `tile_reduction_using_for` cannot analyze)."""
     out = ReductionTiles([], [], [], [])
     for red in h.reductions:
-        op = structured.TileReductionUsingForOp([_any()], _any(), _any(), _any(), red,
-                                                tile_sizes=list(t.reduction))
-        out.loops.append(op.for_op)
-        out.partial_fills.append(op.fill_op[0])
-        out.partials.append(op.split_op)
-        out.combines.append(op.combining_op)
+        if partial:
+            op = structured.TileReductionUsingForOp([_any()], _any(), _any(), _any(), red,
+                                                    tile_sizes=list(t.reduction))
+            out.loops.append(op.for_op)
+            out.partial_fills.append(op.fill_op[0])
+            out.partials.append(op.split_op)
+            out.combines.append(op.combining_op)
+        else:
+            tiled = structured.TileUsingForOp(red, sizes=list(t.reduction))
+            out.loops.append(tiled.loops[0])
+            out.partials.append(tiled.tiled_linalg_op)
     return out
 
 
@@ -399,11 +431,18 @@ def lower_vectors(func: ir.Value) -> None:
     transform.ApplyCommonSubexpressionEliminationOp(func)
     # The horizontal combines may be reassociated (a tree, not a 64-long chain): faster, and
     # the f16 sums stay within tolerance. linalg reductions fix no order anyway.
-    reductions = structured.MatchOp.match_op_names(func, ["vector.reduction"]).result
-    reassoc = ir.Attribute.parse("#arith.fastmath<reassoc>")
-    transform.AnnotateOp(reductions, "fastmath",
-                         param=transform.ParamConstantOp(transform.AnyParamType.get(),
-                                                         reassoc).result)
+    _set_fastmath(func, "vector.reduction", "reassoc")
+    # Division by the row sum, a loop invariant: `arcp` lets LLVM's LICM turn it into one
+    # reciprocal per row and a multiply per element.
+    _set_fastmath(func, "arith.divf", "arcp")
+
+
+def _set_fastmath(func: ir.Value, op_name: str, flags: str) -> None:
+    """Set `fastmath = #arith.fastmath<flags>` on every `op_name` op in the func (if any)."""
+    ops = structured.MatchOp.match_op_names(func, [op_name]).result
+    attr = ir.Attribute.parse(f"#arith.fastmath<{flags}>")
+    param = transform.ParamConstantOp(transform.AnyParamType.get(), attr).result
+    transform.AnnotateOp(ops, "fastmath", param=param)
 
 
 def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
@@ -412,16 +451,14 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
     lowering one softmax dispatch of rank `rank` over `dim` (in `form`, see FORMS) at the
     current insertion point (inside a module with `transform.with_named_sequence`)."""
     knobs.check()
-    if form not in FORMS:
-        raise KnobError(f"unknown softmax dispatch form {form!r}; expected one of {FORMS}")
-    t = tiling(knobs, rank, dim)
+    t = tiling(knobs, rank, dim, form)
     seq = transform.NamedSequenceOp(name, [_any()], [],
                                     arg_attrs=[{"transform.consumed": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
         h = match_dispatch(seq.bodyTarget, _REDUCTIONS[form])
         h, _forall = tile_to_workgroups(h, t)
         h, _row_loops = tile_rows(h, t)
-        reds = tile_reductions(h, t)
+        reds = tile_reductions(h, t, partial=form == FUSED)
         root, norm_loop = tile_normalize(h, t)
         masked: list[tuple[ir.Value, Sequence[int]]] = []
         if t.inner_reduction:
@@ -431,7 +468,8 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
             # Partial column strips: masked vectors (masks fold away when sizes divide).
             masked += [(f, t.masked_fill) for f in h.fills]
             masked += [(op, t.masked_partial) for op in [*reds.partial_fills, *reds.combines]]
-            masked += [(op, t.masked_generic) for op in [*reds.partials, root]]
+            masked += [(op, t.masked_reduction) for op in reds.partials]
+            masked.append((root, t.masked_generic))
         cleanup(h.func)
         func = vectorize(h.func, t, masked)
         func = hoist_accumulators(func)
@@ -445,26 +483,31 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
 # --- Library entries ---------------------------------------------------------------------------
 
 def spec_name(*, rank: int, dim: int, form: str = FUSED) -> str:
-    """`tdkit_softmax_cpu_r<rank>_d<dim>` (with `_split` for the split form)."""
+    """`tdkit_softmax_cpu_r<rank>_d<dim>` for the dispatch's rank and dim (`_split` suffix for
+    the SPLIT form)."""
     return f"tdkit_softmax_cpu_r{rank}_d{dim}" + ("" if form == FUSED else f"_{form}")
 
 
 def library_entry(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
                   form: str = FUSED) -> LibraryEntry:
-    """The spec and matcher for softmax dispatches of `rank` over `dim` in `form`."""
+    """The spec and matcher for the `form` dispatch(es) of a softmax of `rank` over `dim`
+    (the frontend's rank and dim; a SPLIT-form entry targets the collapsed dispatch shape
+    IREE makes, see `split_form_shape`)."""
     from tdkit.matchers.softmax import build_codegen_matcher
 
     knobs.check()
-    tiling(knobs, rank, dim)
-    name = spec_name(rank=rank, dim=dim, form=form)
+    tiling(knobs, rank, dim, form)
+    r, d = (rank, dim) if form == FUSED else split_form_shape(rank, dim)
     return LibraryEntry(
         strategy="softmax_cpu",
-        spec_name=name,
-        build_matcher=lambda n: build_codegen_matcher(n, rank=rank, dim=dim, form=form),
-        build_spec=lambda n: build_codegen_spec(n, knobs, rank=rank, dim=dim, form=form),
+        spec_name=spec_name(rank=r, dim=d, form=form),
+        build_matcher=lambda n: build_codegen_matcher(n, rank=r, dim=d, form=form),
+        build_spec=lambda n: build_codegen_spec(n, knobs, rank=r, dim=d, form=form),
+        config=knobs,
     )
 
 
 def library_entries(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int) -> list[LibraryEntry]:
-    """Entries for both dispatch forms (FUSED and SPLIT) of a softmax of `rank` over `dim`."""
+    """Entries for both dispatch forms of a softmax of `rank` over `dim`: FUSED (from
+    `linalg.softmax` or raised generics) and SPLIT (unraised frontend generics)."""
     return [library_entry(knobs, rank=rank, dim=dim, form=f) for f in FORMS]
