@@ -145,11 +145,7 @@ def build_codegen_matcher(name: str, *, rank: int, dim: int,
         transform.MatchOperationNameOp(store, STORES)
         root = transform.GetProducerOfOperand(_any(), store, 0).result
         transform.MatchOperationNameOp(root, ["linalg.generic"])
-        # Split-form f16/bf16 dispatches get their max-reduce rewritten after configuration
-        # (extf, f32 maximumf, truncf), which neither tile_reduction_using_for nor the
-        # vectorizer can analyze: leave those to IREE's default pipeline.
-        match_structured(root, rank=rank, num_inputs=reductions + 1, reduced_dim=None,
-                         bitwidth=None if form == FUSED else 32)
+        match_structured(root, rank=rank, num_inputs=reductions + 1, reduced_dim=None)
         for i in range(reductions):
             red = transform.GetProducerOfOperand(_any(), root, i + 1).result
             transform.MatchOperationNameOp(red, ["linalg.generic"])

@@ -347,24 +347,29 @@ def cleanup(func: ir.Value) -> None:
 
 
 def vectorize(func: ir.Value, t: Tiling,
-              masked: Sequence[tuple[ir.Value, Sequence[int]]] = ()) -> ir.Value:
-    """Vectorize the func. Ops with static shapes (all of them once the loops are peeled,
-    when the tiled dims are static) go through `vectorize_children_and_apply_patterns`;
-    generics left with a dynamic size (the column remainder of a workgroup when the softmax
-    dim is not the innermost one, or the rank-1 chunk remainder) get masked vectors of the
-    tile size, and so do fills left dynamic (their buffers get a static size after
-    bufferization, see `bufferize`). `masked` lists ops to vectorize first with the given
-    vector sizes (masks only where a size is dynamic). Fails if any linalg op is left."""
+              masked: Sequence[tuple[ir.Value, Sequence[int]]] = (),
+              optional: Sequence[tuple[ir.Value, Sequence[int]]] = (),
+              scalar_ok: int = 0) -> ir.Value:
+    """Vectorize the func. `masked` lists ops to vectorize first with the given vector sizes
+    (masks only where a size is dynamic); `optional` likewise, but an op there may fail to
+    vectorize and stay scalar. Then ops with static shapes (all of them once the loops are
+    peeled, when the tiled dims are static) go through
+    `vectorize_children_and_apply_patterns`; generics and fills left with a dynamic size
+    (the column remainder of a workgroup when the softmax dim is not the innermost one, or
+    the rank-1 chunk remainder) get masked vectors of their tile size. Fails if more than
+    `scalar_ok` linalg ops are left."""
     for op, sizes in masked:
-        # A producer fused into two consumers is cloned twice, then CSE'd into one op that
-        # the handle lists twice; vectorize wants each op once.
-        unique = transform.MergeHandlesOp([op], deduplicate=True).result
-        structured.VectorizeOp(unique, vector_sizes=list(sizes))
+        _vectorize_op(op, sizes)
+    for op, sizes in optional:
+        _maybe(op, lambda h, sizes=sizes: _vectorize_op(h, sizes))
     vectorized = structured.VectorizeChildrenAndApplyPatternsOp(func).result
     generics = structured.MatchOp.match_op_names(vectorized, ["linalg.generic"]).result
-    structured.VectorizeOp(generics, vector_sizes=list(t.masked_generic))
+    if scalar_ok:
+        _maybe(generics, lambda h: _vectorize_op(h, t.masked_generic))
+    else:
+        _vectorize_op(generics, t.masked_generic)
     fills = structured.MatchOp.match_op_names(vectorized, ["linalg.fill"]).result
-    structured.VectorizeOp(fills, vector_sizes=list(t.masked_fill))
+    _vectorize_op(fills, t.masked_fill)
     with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
         # A transfer inside a vector.mask region cannot bufferize; make the mask an operand.
         tvector.ApplyLowerMaskedTransfersPatternsOp()
@@ -372,10 +377,25 @@ def vectorize(func: ir.Value, t: Tiling,
     leftover = structured.MatchOp(_any(), vectorized,
                                   interface=structured.MatchInterfaceEnum.LinalgOp).result
     count = transform.NumAssociationsOp(_param_i64(), leftover).result
-    zero = transform.ParamConstantOp(_param_i64(), ir.IntegerAttr.get(
-        ir.IntegerType.get_signless(64), 0)).result
-    transform.MatchParamCmpIOp(count, zero, transform.MatchCmpIPredicate.eq)
+    limit = transform.ParamConstantOp(_param_i64(), ir.IntegerAttr.get(
+        ir.IntegerType.get_signless(64), scalar_ok)).result
+    transform.MatchParamCmpIOp(count, limit, transform.MatchCmpIPredicate.le)
     return vectorized
+
+
+def _vectorize_op(op: ir.Value, sizes: Sequence[int]) -> None:
+    # A producer fused into two consumers is cloned twice, then CSE'd into one op that the
+    # handle lists twice; vectorize wants each op once.
+    unique = transform.MergeHandlesOp([op], deduplicate=True).result
+    structured.VectorizeOp(unique, vector_sizes=list(sizes))
+
+
+def _maybe(target: ir.Value, step) -> None:
+    """Run `step(handle)` on `target` inside `transform.sequence failures(suppress)`."""
+    seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], target)
+    with ir.InsertionPoint(seq.body):
+        step(seq.bodyTarget)
+        transform.YieldOp()
 
 
 def hoist_accumulators(func: ir.Value) -> ir.Value:
@@ -447,13 +467,13 @@ def _set_fastmath(func: ir.Value, op_name: str, flags: str) -> None:
 
 def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
                        form: str = FUSED) -> transform.NamedSequenceOp:
-    """Emit `transform.named_sequence @name(%variant: !transform.any_op {transform.consumed})`
+    """Emit `transform.named_sequence @name(%variant: !transform.any_op {transform.readonly})`
     lowering one softmax dispatch of rank `rank` over `dim` (in `form`, see FORMS) at the
     current insertion point (inside a module with `transform.with_named_sequence`)."""
     knobs.check()
     t = tiling(knobs, rank, dim, form)
     seq = transform.NamedSequenceOp(name, [_any()], [],
-                                    arg_attrs=[{"transform.consumed": ir.UnitAttr.get()}])
+                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
         h = match_dispatch(seq.bodyTarget, _REDUCTIONS[form])
         h, _forall = tile_to_workgroups(h, t)
@@ -468,10 +488,16 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
             # Partial column strips: masked vectors (masks fold away when sizes divide).
             masked += [(f, t.masked_fill) for f in h.fills]
             masked += [(op, t.masked_partial) for op in [*reds.partial_fills, *reds.combines]]
-            masked += [(op, t.masked_reduction) for op in reds.partials]
             masked.append((root, t.masked_generic))
+            if form == FUSED:
+                masked += [(op, t.masked_reduction) for op in reds.partials]
+        # In the split form IREE may rewrite an f16/bf16 max-reduce body to extf/maximumf/
+        # truncf after configuration; the vectorizer rejects that body, so that one
+        # reduction may stay a scalar loop (two once peeled), as in IREE's own pipeline.
+        optional = ([] if form == FUSED or t.inner_reduction else
+                    [(op, t.masked_reduction) for op in reds.partials])
         cleanup(h.func)
-        func = vectorize(h.func, t, masked)
+        func = vectorize(h.func, t, masked, optional, scalar_ok=0 if form == FUSED else 2)
         func = hoist_accumulators(func)
         func = bufferize(func)
         lower_vectors(func)
