@@ -96,12 +96,9 @@ class SoftmaxCpuKnobs:
                 f"shape must have positive static sizes, got {shape}")
         d = (rank - 1 if dim is None else dim) % rank
         if d == rank - 1:
-            # The row is tiled by these; a larger tile leaves only a remainder tile.
+            # A larger tile leaves only a remainder tile (vector_width <= reduction_tile).
             require(self.reduction_tile <= shape[d],
                     f"reduction_tile ({self.reduction_tile}) exceeds the softmax dim "
-                    f"({shape[d]}) of shape {shape}")
-            require(self.vector_width <= shape[d],
-                    f"vector_width ({self.vector_width}) exceeds the softmax dim "
                     f"({shape[d]}) of shape {shape}")
         # Workgroup tiles and outer_reduction_tile larger than their dim are allowed: they
         # mean "the whole dim" (a static tile, or a masked one).
