@@ -151,6 +151,7 @@ def library_entry(knobs: ConfigKnobs, pred: CodegenPredicate) -> LibraryEntry:
         build_matcher=lambda n: build_codegen_matcher(n, pred),
         build_spec=None,
         build_action=lambda n: build_config_action(n, name, knobs, pred),
+        config=(knobs, pred),
     )
 
 

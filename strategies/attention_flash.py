@@ -6,18 +6,27 @@ batch is 1) and a normalize `linalg.generic`. The strategy, one small function p
 returning the handles it made:
 
 1. `distribute`: annotate the online_attention with a distribution `lowering_config`
-   (`[1, WM, 0, 0, 0]`) and run IREE's `tile-and-distribute-to-workgroups-using-forall-op`
-   pass, which tiles it to WM query rows per workgroup, fuses the fills and the normalize
-   generic, and maps the loop to workgroups;
-2. `pad_rows`: pad the workgroup tile to a multiple of WM rows (padding values equal to the
+   (`[1, rows, 0, 0, 0]`) and its `decomposition_config`, and run IREE's
+   `tile-and-distribute-to-workgroups-using-forall-op` pass, which tiles it to `rows` query
+   rows per workgroup, fuses the fills and the normalize generic, and maps the loop to
+   workgroups;
+2. `pad_rows`: pad the workgroup tile to a multiple of `rows` (padding values equal to the
    fills, so the padded fills fold; padded query rows are computed and never stored);
-3. `tile_keys`: tile the key dim by KC with `scf.for` (the loop carries the accumulator, the
-   running max and the running sum: online softmax); `peel` the last partial key tile, so
-   every tile is static and no key needs masking;
-4. `decompose`: every online_attention into Q·Kᵀ, max/exp/sum pieces, rescale and P·V;
-5. `vectorize` (the leftover dynamic normalize tile with explicit, masked vector sizes);
-6. `bufferize` (eliminate empty tensors first) and hoist loop-invariant transfers;
-7. `lower_vectors` with IREE's own CPU vector-lowering passes; annotate `no_pipeline`.
+3. `tile_keys`: tile the key dim by `key_tile` with `scf.for` (the loop carries the
+   accumulator, the running max and the running sum: online softmax); `peel` the last partial
+   key tile, so every tile is static and no key needs masking;
+4. `decompose`: every online_attention into Q·Kᵀ, max/exp/sum pieces, rescale and P·V, and
+   `interchange` the pieces' loops for the chosen `layout` (below);
+5. `vectorize`; 6. `bufferize` (eliminate empty tensors first) and hoist loop-invariant
+   transfers; 7. `lower_vectors`; annotate `no_pipeline`.
+
+Layouts. "mlanes" (default) puts the query rows on the vector lanes: every decomposed op is
+interchanged so that the query-row loop is innermost and reductions are outermost. Q·Kᵀ becomes
+FMAs of broadcast K elements with rows of the (once transposed) scaled Q; the running max and
+sum are element-wise across vectors; P·V accumulates into an `N x rows` transposed accumulator
+with FMAs of broadcast V elements. No per-step transpose or horizontal reduction remains, and
+`rows = 16` fills an AVX-512 register. "rows" keeps IREE's decomposition layout (vectors along
+the keys: K is transposed every key step, the softmax reduces horizontally).
 
 Fully masked rows (every visible key masked with `finfo.min`): IREE's decomposition computes
 the softmax with `exp2` after multiplying the mask by log2(e), which overflows `finfo.min` to
@@ -25,8 +34,8 @@ the softmax with `exp2` after multiplying the mask by log2(e), which overflows `
 default (knob `exp2`), so the masked scores stay finite and such rows become the uniform average
 of the visible values, as the float64 reference defines them.
 
-No buffer or vector of size M x K2 exists at any point: per workgroup there is the WM x N
-accumulator, two WM-vectors of statistics and a WM x KC score tile.
+No buffer or vector of size M x K2 exists at any point: per workgroup there is the rows x N
+accumulator, two rows-vectors of statistics and a rows x key_tile score tile.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from tdkit.matchers.attention import (
     CODEGEN_MASK_NONE,
     CodegenPredicate,
     build_codegen_matcher,
+    codegen_predicates,
     predicate_name,
 )
 from tdkit.matchers.dtypes import DType
@@ -57,8 +67,13 @@ FAMILY = "flash"
 ONLINE_ATTENTION = "iree_linalg_ext.online_attention"
 # f32's most negative finite value: the running-max fill IREE uses, and so the max padding.
 F32_LOWEST = -3.4028234663852886e38
-LAYOUTS = ("rows", "transposed")
-LOWERINGS = ("iree", "transform")
+LAYOUTS = ("mlanes", "rows")
+LOWERINGS = ("transform", "iree")
+MAX_HEAD_DIM = 256
+# IREE's task workers run on 128 KiB stacks (runtime flag --task_worker_stack_size); a kernel
+# whose LLVM frame (vector spills) approaches that crashes at run time, e.g. layout "rows" with
+# rows=32, key_tile=16 (158 KiB frame) and "mlanes" with rows=32, key_tile=32 (152 KiB).
+STACK_BUDGET = 96 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,61 +81,86 @@ class FlashKnobs:
     """Tile sizes and options of the flash strategy.
 
     Attributes:
-      rows: query rows per workgroup (WM); the accumulator tile is rows x N.
-      key_tile: keys per step of the key loop (KC); the score tile is rows x key_tile.
+      rows: query rows per workgroup; the accumulator tile is rows x N. With the "mlanes"
+        layout it is the vector width along the query rows: a power of two, 16 fills an
+        AVX-512 register of f32.
+      key_tile: keys per step of the key loop (a power of two); the score tile is
+        rows x key_tile.
+      layout: "mlanes" (query rows on the vector lanes) or "rows" (IREE's layout, vectors
+        along the keys); see the module docstring.
+      lowering: "transform" lowers vectors with transform-dialect patterns (contractions to
+        outer products, multi-reductions element-wise across vectors: `innerparallel`);
+        "iree" runs IREE's CPU vector-lowering passes (only with layout "rows": they reduce
+        horizontally, which would undo "mlanes").
       exp2: use IREE's exp2 decomposition (mask scaled by log2(e)); False uses exp, which keeps
         `finfo.min` masks finite (fully masked rows stay correct).
-      layout: "rows" keeps IREE's decomposition as is (scores `rows x key_tile`, vectors along
-        the keys); "transposed" interchanges the score ops so that scores are computed and
-        reduced as `key_tile x rows` (vectors along the query rows): Q·Kᵀ needs no transpose
-        of K and the softmax reductions are element-wise across vectors.
-      lowering: "iree" lowers vectors with IREE's CPU vector-lowering passes; "transform"
-        with transform-dialect patterns (contractions to outer products, multi-reductions
-        `innerparallel`), which keeps the "transposed" layout.
-      masked_normalize: vectorize the normalize generic of a partial row tile with masked
-        vectors (False leaves it to IREE's scalar loop lowering).
     """
 
-    rows: int = 8
+    rows: int = 16
     key_tile: int = 16
+    layout: str = "mlanes"
+    lowering: str = "transform"
     exp2: bool = False
-    layout: str = "rows"
-    lowering: str = "iree"
-    masked_normalize: bool = False
 
     def check(self, problem: Any = None) -> None:
         """Raise KnobError with one sentence for knob values, or combinations with the
-        problem's sizes, that cannot give a correct kernel."""
+        problem's sizes, that cannot give a correct kernel (or are known to crash)."""
         for name in ("rows", "key_tile"):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                     f"{name} must be a positive integer, got {value!r}")
-        require(self.rows <= 64, f"rows must be at most 64, got {self.rows}")
         require(self.layout in LAYOUTS,
                 f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         require(self.lowering in LOWERINGS,
                 f"lowering must be one of {', '.join(LOWERINGS)}, got {self.lowering!r}")
+        require(not (self.layout == "mlanes" and self.lowering == "iree"),
+                "layout mlanes needs lowering=transform (IREE's passes reduce horizontally)")
         require(_is_pow2(self.key_tile),
-                f"key_tile must be a power of two (it is a vector width), got {self.key_tile}")
+                f"key_tile must be a power of two, got {self.key_tile}")
         require(self.key_tile <= 64, f"key_tile must be at most 64, got {self.key_tile}")
-        require(self.rows * self.key_tile <= 256,
-                f"rows x key_tile = {self.rows * self.key_tile} score elements exceeds 256 "
-                f"(rows={self.rows}, key_tile={self.key_tile}; e.g. 32 x 16 compiled and then "
-                f"crashed at run time)")
+        if self.layout == "mlanes":
+            require(_is_pow2(self.rows), f"rows must be a power of two with layout mlanes (it "
+                                         f"is the vector width), got {self.rows}")
+            require(self.rows <= 32, f"rows must be at most 32 with layout mlanes, got "
+                                     f"{self.rows}")
+        else:
+            require(self.rows <= 64, f"rows must be at most 64, got {self.rows}")
+        head = 64 if problem is None else max(problem.d, problem.value_dim)
+        frame = stack_estimate(self, head)
+        require(frame <= STACK_BUDGET,
+                f"rows={self.rows}, key_tile={self.key_tile} (layout {self.layout}, head dim "
+                f"{head}) needs about {frame // 1024} KiB of stack, more than IREE's 128 KiB "
+                f"worker stacks allow (it would crash at run time)")
         if problem is None:
             return
+        require(head <= MAX_HEAD_DIM,
+                f"head dims up to {MAX_HEAD_DIM} are supported, got {head}")
         require(self.rows <= problem.m,
                 f"rows ({self.rows}) exceeds the query length M = {problem.m}")
         require(self.key_tile <= problem.k2,
                 f"key_tile ({self.key_tile}) exceeds the key length K2 = {problem.k2}")
 
 
+def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
+    """Bytes of stack LLVM gives the kernel, fitted to frames measured with IREE 3.13
+    (`subq $N, %rsp` in the dispatch's assembly) for head dims 64-256."""
+    rows, kt, d = knobs.rows, knobs.key_tile, max(head_dim, 64)
+    if knobs.layout == "rows":
+        return 5 * rows * kt * d
+    if rows == 16:  # one register of query rows: spills grow with the head dim only
+        return 12 * 1024 + (6 * d * d) // 10
+    return (d // 64) * (rows * 1024 + rows * kt * 260)
+
+
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
-    """Shrink the default knobs to a small problem: rows <= M, key_tile a power of two <= K2."""
-    key_tile = knobs.key_tile
-    while key_tile > problem.k2:
+    """Shrink the default knobs to a small problem: rows and key_tile powers of two no larger
+    than M and K2."""
+    rows, key_tile = knobs.rows, knobs.key_tile
+    while rows > problem.m and rows > 1:
+        rows //= 2
+    while key_tile > problem.k2 and key_tile > 1:
         key_tile //= 2
-    return replace(knobs, rows=min(knobs.rows, problem.m), key_tile=key_tile)
+    return replace(knobs, rows=rows, key_tile=key_tile)
 
 
 def _is_pow2(n: int) -> bool:
@@ -189,6 +229,28 @@ def pad_rows(attention: ir.Value, dims: Dims, knobs: FlashKnobs, padding_values:
     return padded.padded
 
 
+def fuse_mask_padding(func: ir.Value, pred: CodegenPredicate) -> None:
+    """Fuse the mask's `tensor.pad` into each key loop (the full tiles and the peeled
+    remainder), so each step pads a `rows x key_tile` slice instead of the workgroup padding
+    (and allocating) its whole `rows x K2` mask slice up front (72 KiB for K2 = 1000 f32, over
+    IREE's 32 KiB stack-allocation limit). Nothing to do when the rows divide M (no pad)."""
+    if not pred.masked:
+        return
+    found = structured.MatchOp.match_op_names(func, [ONLINE_ATTENTION]).result
+    each = transform.ForeachOp([], [found])
+    with ir.InsertionPoint(each.body):
+        attention = each.body.arguments[0]
+        key_loop = transform.GetParentOp(_any(), attention, op_name="scf.for").result
+        seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], attention)
+        with ir.InsertionPoint(seq.body):
+            mask_slice = transform.GetProducerOfOperand(_any(), seq.bodyTarget, 4).result
+            pad = transform.GetProducerOfOperand(_any(), mask_slice, 0).result
+            transform.MatchOperationNameOp(pad, ["tensor.pad"])
+            structured.FuseIntoContainingOp(pad, key_loop)
+            transform.YieldOp()
+        transform.YieldOp()
+
+
 def tile_keys(attention: ir.Value, dims: Dims, knobs: FlashKnobs) -> tuple[ir.Value, ir.Value]:
     """Tile the key loop by `key_tile`; returns (tiled online_attention, scf.for)."""
     sizes = [0] * dims.rank
@@ -210,16 +272,16 @@ def peel(for_loop: ir.Value) -> None:
 
 def decompose(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None:
     """Decompose every online_attention of the func (full key tiles and the peeled remainder,
-    each in its own `scf.for`); with the "transposed" layout, interchange the score ops of
-    each decomposition (see `interchange_scores`)."""
+    each in its own `scf.for`) and, for the "mlanes" layout, interchange the pieces' loops
+    (`interchange_mlanes`)."""
     found = structured.MatchOp.match_op_names(func, [ONLINE_ATTENTION]).result
     each = transform.ForeachOp([], [found])
     with ir.InsertionPoint(each.body):
         attention = each.body.arguments[0]
         key_loop = transform.GetParentOp(_any(), attention, op_name="scf.for").result
         iree_ops.decompose_aggregate_op(attention)
-        if knobs.layout == "transposed":
-            interchange_scores(key_loop, pred)
+        if knobs.layout == "mlanes":
+            interchange_mlanes(key_loop, pred)
         transform.YieldOp()
 
 
@@ -235,25 +297,34 @@ def decomposed_generics(pred: CodegenPredicate) -> list[str]:
     return ops + ["scale_acc", "pv"]
 
 
-def interchange_scores(key_loop: ir.Value, pred: CodegenPredicate) -> list[ir.Value]:
-    """Interchange the loops of the generics that produce or read the score tile so that the
-    key dim comes before the query-row dim: vectorization then builds `key_tile x rows`
-    vectors. Q·Kᵀ becomes `(b, k2, m, k1)`. Returns the interchanged generics."""
+def mlanes_interchanges(pred: CodegenPredicate) -> dict[str, list[int]]:
+    """Loop interchanges (new loop i = old loop perm[i]) that put the query-row loop
+    innermost and reductions outermost: Q scaling `(b, k1, m)`, Q·Kᵀ `(b, k1, k2, m)`,
+    softmax `(b, k2, m)`, accumulator rescale `(b, n, m)`, P·V `(b, k2, n, m)`. The two
+    `(b, m)` statistics ops need none."""
+    b = [0] if pred.batched else []
+    o = len(b)  # first non-batch loop
+    swap = b + [o + 1, o]                    # (b, m, x) -> (b, x, m)
+    rotate = b + [o + 1, o + 2, o]           # (b, m, r, x) -> (b, r, x, m)
+    perms = {"scale_q": swap, "qk": rotate, "scale_acc": swap, "pv": rotate}
+    for name in ("qk_elementwise", "mask", "max", "p", "sum", "truncate_p"):
+        perms[name] = swap
+    return perms
+
+
+def interchange_mlanes(key_loop: ir.Value, pred: CodegenPredicate) -> list[ir.Value]:
+    """Interchange the decomposed generics inside `key_loop` (see `mlanes_interchanges`), so
+    that vectorization puts the query rows on the lanes: both matmuls become multiply +
+    outer-dim reduction, i.e. FMAs of broadcast K / V elements with vectors of query rows,
+    and the softmax reductions become element-wise across vectors. Fails unless the loop
+    holds exactly the generics `decomposed_generics` lists. Returns the interchanged ops."""
     names = decomposed_generics(pred)
     found = structured.MatchOp.match_op_names(key_loop, ["linalg.generic"]).result
     generics = transform.SplitHandleOp([_any()] * len(names), found,
                                        pass_through_empty_handle=False).results
-    batch = [0] if pred.batched else []
-    shift = len(batch)
-    score_perm = batch + [shift + 1, shift]                  # (b, m, k2) -> (b, k2, m)
-    qk_perm = batch + [shift + 2, shift, shift + 1]          # (b, m, k1, k2) -> (b, k2, m, k1)
-    perms = {"qk": qk_perm, "qk_elementwise": score_perm, "mask": score_perm,
-             "max": score_perm, "p": score_perm, "sum": score_perm, "truncate_p": score_perm}
-    out = []
-    for name, generic in zip(names, generics, strict=True):
-        if name in perms:
-            out.append(structured.InterchangeOp(generic, iterator_interchange=perms[name]).result)
-    return out
+    perms = mlanes_interchanges(pred)
+    return [structured.InterchangeOp(g, iterator_interchange=perms[name]).result
+            for name, g in zip(names, generics, strict=True) if name in perms]
 
 
 def cleanup(func: ir.Value) -> None:
@@ -265,31 +336,31 @@ def cleanup(func: ir.Value) -> None:
     transform.ApplyCommonSubexpressionEliminationOp(func)
 
 
-def vectorize_normalize(func: ir.Value, dims: Dims, knobs: FlashKnobs, value_dim: int) -> None:
-    """Vectorize the normalize generic (the only `linalg.generic` before decomposition) with
-    explicit vector sizes `[1, rows, N]`: its tile is dynamic (masked vectors) when M is not
-    a multiple of `rows`."""
-    generic = match_one(func, "linalg.generic")
-    structured.VectorizeOp(generic, [1] * (dims.rank - 4) + [knobs.rows, value_dim])
-
-
 def vectorize(func: ir.Value, knobs: FlashKnobs) -> ir.Value:
     """Vectorize every static linalg op of the func; returns the func handle.
 
-    With the "transposed" layout the transfer permutation patterns are applied only after
-    the vectorizer's own patterns, so the score ops keep the iteration order the
-    interchange gave them; then the broadcasts are folded into contractions."""
-    transposed = knobs.layout == "transposed"
+    "mlanes": the vectorizer must keep each op in its interchanged iteration order, so its
+    transfer-permutation lowering and multi-reduction-to-contraction patterns are off; the
+    accumulator's (transposing) read/write pair is hoisted out of every key loop, which then
+    carries it as an `N x rows` vector; only then are permuted transfers lowered and the
+    loop-invariant parts (Q scaled and transposed) hoisted."""
+    mlanes = knobs.layout == "mlanes"
     vectorized = structured.VectorizeChildrenAndApplyPatternsOp(
-        func, disable_transfer_permutation_map_lowering_patterns=transposed).result
+        func, disable_transfer_permutation_map_lowering_patterns=mlanes,
+        disable_multi_reduction_to_contract_patterns=mlanes, vectorize_padding=True).result
     with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
         transform.ApplyCanonicalizationPatternsOp()
-    if transposed:
+    if mlanes:
+        loops = structured.MatchOp.match_op_names(vectorized, ["scf.for"]).result
+        each = transform.ForeachOp([], [loops])
+        with ir.InsertionPoint(each.body):
+            loop.HoistLoopInvariantSubsetsOp(each.body.arguments[0])
+            transform.YieldOp()
         with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
             tvector.ApplyTransferPermutationPatternsOp()
         with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
-            tvector.ApplyVectorReductionToContractPatternsOp()
             transform.ApplyCanonicalizationPatternsOp()
+        iree_ops.apply_licm(vectorized)
     transform.ApplyCommonSubexpressionEliminationOp(vectorized)
     return vectorized
 
@@ -365,7 +436,7 @@ def lower_vectors_transform(func: ir.Value) -> None:
         with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
             for build in group:
                 build()
-        if i == 2:  # hoist what the contraction lowering made loop-invariant (Q transposed)
+        if i == 2:  # hoist what the contraction lowering made loop-invariant
             iree_ops.apply_licm(func)
     transform.ApplyCommonSubexpressionEliminationOp(func)
 
@@ -386,11 +457,11 @@ def padding_values(pred: CodegenPredicate) -> list[ir.Attribute]:
     return values
 
 
-def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate,
-                       value_dim: int | None = None) -> transform.NamedSequenceOp:
+def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
+                       ) -> transform.NamedSequenceOp:
     """Emit `@name(%variant {transform.consumed})` lowering one attention dispatch that
-    satisfies `pred` (rank, mask, dtype) with `knobs`. `value_dim` (N), when known, lets the
-    partial normalize tile be vectorized with static masked sizes."""
+    satisfies `pred` (rank, mask kind, dtype) with `knobs`, at the current insertion point
+    (inside a module with `transform.with_named_sequence`)."""
     knobs.check()
     dims = Dims(pred.rank)
     seq = transform.NamedSequenceOp(name, [_any()], [],
@@ -400,10 +471,9 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate,
         attention = match_one(func, ONLINE_ATTENTION)
         func, attention = distribute(func, attention, dims, knobs)
         attention = pad_rows(attention, dims, knobs, padding_values(pred))
-        if value_dim is not None and knobs.masked_normalize:
-            vectorize_normalize(func, dims, knobs, value_dim)
         attention, key_loop = tile_keys(attention, dims, knobs)
         peel(key_loop)
+        fuse_mask_padding(func, pred)
         decompose(func, pred, knobs)
         cleanup(func)
         func = vectorize(func, knobs)
@@ -420,25 +490,24 @@ def spec_name(pred: CodegenPredicate) -> str:
     return f"tdkit_attention_flash_{predicate_name(pred)}"
 
 
-def library_entry(knobs: FlashKnobs, pred: CodegenPredicate,
-                  value_dim: int | None = None) -> LibraryEntry:
+def library_entry(knobs: FlashKnobs, pred: CodegenPredicate) -> LibraryEntry:
     """The flash spec for dispatches satisfying `pred`, and its matcher."""
     knobs.check()
     return LibraryEntry(
         strategy=FAMILY,
         spec_name=spec_name(pred),
         build_matcher=lambda n: build_codegen_matcher(n, pred),
-        build_spec=lambda n: build_codegen_spec(n, knobs, pred, value_dim),
+        build_spec=lambda n: build_codegen_spec(n, knobs, pred),
+        config=(knobs, pred),
     )
 
 
 def predicates_for(problem: Any) -> list[CodegenPredicate]:
     """The codegen predicate a problem's dispatch satisfies (batched iff the batch size is
-    not 1; see `problem_mask`), or every variant for None."""
-    from tdkit.matchers.attention import codegen_predicates
-
+    not 1; see `problem_mask`), or, for None, every variant with head dims up to 64 (the
+    size `check()` validates the knobs for without a problem)."""
     if problem is None:
-        return codegen_predicates()
+        return codegen_predicates(max_head_dim=64)
     return [CodegenPredicate(batched=problem.batch_size != 1, mask=problem_mask(problem),
                              dtype=problem.dtype, head_dim=problem.d,
                              value_dim=problem.value_dim)]
@@ -454,7 +523,7 @@ def problem_mask(problem: Any) -> str:
 
 def library_entries(problem: Any, knobs: FlashKnobs) -> list[LibraryEntry]:
     """Entries lowering `problem`'s attention dispatch (or any attention dispatch for None)."""
-    return [library_entry(knobs, p, p.value_dim) for p in predicates_for(problem)]
+    return [library_entry(knobs, p) for p in predicates_for(problem)]
 
 
 __all__: Sequence[str] = ["FlashKnobs", "build_codegen_spec", "library_entries"]
