@@ -346,7 +346,7 @@ def cleanup(func: ir.Value) -> None:
 def vectorize(func: ir.Value, t: Tiling,
               masked: Sequence[tuple[ir.Value, Sequence[int]]] = (),
               optional: Sequence[tuple[ir.Value, Sequence[int]]] = (),
-              scalar_ok: int = 0) -> ir.Value:
+              scalar_ok: int = 0, children: bool = True) -> ir.Value:
     """Vectorize the func. `masked` lists ops to vectorize first with the given vector sizes
     (masks only where a size is dynamic); `optional` likewise, but an op there may fail to
     vectorize and stay scalar. Then ops with static shapes (all of them once the loops are
@@ -354,12 +354,18 @@ def vectorize(func: ir.Value, t: Tiling,
     `vectorize_children_and_apply_patterns`; generics and fills left with a dynamic size
     (the column remainder of a workgroup when the softmax dim is not the innermost one, or
     the rank-1 chunk remainder) get masked vectors of their tile size. Fails if more than
-    `scalar_ok` linalg ops are left."""
+    `scalar_ok` linalg ops are left. `children=False` skips the
+    `vectorize_children_and_apply_patterns` step (when `masked` already lists every op): it
+    also vectorizes a static `tensor.insert_slice` of a whole column strip into one huge
+    read/write copy."""
     for op, sizes in masked:
         _vectorize_op(op, sizes)
     for op, sizes in optional:
         _maybe(op, lambda h, sizes=sizes: _vectorize_op(h, sizes))
-    vectorized = structured.VectorizeChildrenAndApplyPatternsOp(func).result
+    if children:
+        vectorized = structured.VectorizeChildrenAndApplyPatternsOp(func).result
+    else:
+        vectorized = func
     generics = structured.MatchOp.match_op_names(vectorized, ["linalg.generic"]).result
     if scalar_ok:
         _maybe(generics, lambda h: _vectorize_op(h, t.masked_generic))
@@ -494,7 +500,8 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
         optional = ([] if form == FUSED or t.inner_reduction else
                     [(op, t.masked_reduction) for op in reds.partials])
         cleanup(h.func)
-        func = vectorize(h.func, t, masked, optional, scalar_ok=0 if form == FUSED else 2)
+        func = vectorize(h.func, t, masked, optional, scalar_ok=0 if form == FUSED else 2,
+                         children=t.inner_reduction)
         func = hoist_accumulators(func)
         func = bufferize(func)
         lower_vectors(func)

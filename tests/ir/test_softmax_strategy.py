@@ -125,6 +125,7 @@ CHECK: tile_reduction_using_for %{{.*}} by tile_sizes = [8, 0]
 CHECK: tile_reduction_using_for %{{.*}} by tile_sizes = [8, 0]
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [8, 0]
 CHECK-NOT: transform.loop.peel
+CHECK-NOT: vectorize_children_and_apply_patterns
 CHECK: transform.structured.vectorize %{{.*}} vector_sizes [16]
 CHECK: transform.structured.vectorize %{{.*}} vector_sizes [16, 8]
 CHECK: transform.structured.vectorize %{{.*}} vector_sizes [8, 16]
