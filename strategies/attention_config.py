@@ -39,7 +39,9 @@ from tdkit.strategies.library import LibraryEntry, strategy_marker
 FAMILY = "config"
 PIPELINE = "LinalgExtTileAndVectorize"
 # IREE's CPU pipeline rejects vectors of 32 KiB and more ("One or more operations with large
-# vector sizes (32768 bytes) were found"); VM x RK >= 128 hit it in probes.
+# vector sizes (32768 bytes) were found"). The largest vector is the broadcast Q·Kᵀ operand,
+# VM x RK x D f32 (and VM x RK x VN for P·V): VM x RK >= 128 failed at D = 64, 64 at D = 128.
+MAX_VECTOR_BYTES = 32768
 MAX_VM_RK = 127
 
 
@@ -92,15 +94,24 @@ class ConfigKnobs:
         require(self.vector_cols <= _pow2_ceil(n),
                 f"vector_cols ({self.vector_cols}) exceeds the value dim N = {n} (rounded up "
                 f"to a power of two: {_pow2_ceil(n)})")
+        vector_bytes = self.vector_rows * self.key_tile * max(problem.d, self.vector_cols) * 4
+        require(vector_bytes < MAX_VECTOR_BYTES,
+                f"vector_rows x key_tile x head dim = {vector_bytes // 4} f32 is 32 KiB or more "
+                f"(vector_rows={self.vector_rows}, key_tile={self.key_tile}, D={problem.d}): "
+                f"IREE rejects such vectors")
 
 
 def fit(problem: Any, knobs: ConfigKnobs) -> ConfigKnobs:
     """Shrink the default knobs to a small problem (tiles no larger than its dims)."""
     rows = min(knobs.rows, problem.m)
     vector_rows = min(knobs.vector_rows, rows)
-    return replace(knobs, rows=rows, vector_rows=vector_rows,
-                   key_tile=min(knobs.key_tile, problem.k2),
-                   vector_cols=min(knobs.vector_cols, _pow2_ceil(problem.value_dim)))
+    vector_cols = min(knobs.vector_cols, _pow2_ceil(problem.value_dim))
+    key_tile = min(knobs.key_tile, problem.k2)
+    while key_tile > 1 and vector_rows * key_tile * max(problem.d, vector_cols) * 4 >= \
+            MAX_VECTOR_BYTES:
+        key_tile //= 2
+    return replace(knobs, rows=rows, vector_rows=vector_rows, key_tile=key_tile,
+                   vector_cols=vector_cols)
 
 
 def _is_pow2(n: int) -> bool:

@@ -126,6 +126,8 @@ class FlashKnobs:
         else:
             require(self.rows <= 64, f"rows must be at most 64, got {self.rows}")
         head = 64 if problem is None else max(problem.d, problem.value_dim)
+        require(head <= MAX_HEAD_DIM,
+                f"head dims up to {MAX_HEAD_DIM} are supported, got {head}")
         frame = stack_estimate(self, head)
         require(frame <= STACK_BUDGET,
                 f"rows={self.rows}, key_tile={self.key_tile} (layout {self.layout}, head dim "
@@ -133,8 +135,6 @@ class FlashKnobs:
                 f"worker stacks allow (it would crash at run time)")
         if problem is None:
             return
-        require(head <= MAX_HEAD_DIM,
-                f"head dims up to {MAX_HEAD_DIM} are supported, got {head}")
         require(self.rows <= problem.m,
                 f"rows ({self.rows}) exceeds the query length M = {problem.m}")
         require(self.key_tile <= problem.k2,
@@ -145,11 +145,12 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
     """Bytes of stack LLVM gives the kernel, fitted to frames measured with IREE 3.13
     (`subq $N, %rsp` in the dispatch's assembly) for head dims 64-256."""
     rows, kt, d = knobs.rows, knobs.key_tile, max(head_dim, 64)
-    if knobs.layout == "rows":
-        return 5 * rows * kt * d
+    if knobs.layout == "rows":  # grows with the key tile up to 16, then slowly
+        return rows * (d // 64) * (320 * min(kt, 16) + 30 * max(kt - 16, 0))
     if rows == 16:  # one register of query rows: spills grow with the head dim only
         return 12 * 1024 + (6 * d * d) // 10
-    return (d // 64) * (rows * 1024 + rows * kt * 260)
+    per_score = 132 if rows > 16 else 264  # fewer than 16 rows: half-empty registers
+    return (d // 64) * (rows * 700 + rows * kt * per_score)
 
 
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
@@ -459,13 +460,13 @@ def padding_values(pred: CodegenPredicate) -> list[ir.Attribute]:
 
 def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
                        ) -> transform.NamedSequenceOp:
-    """Emit `@name(%variant {transform.consumed})` lowering one attention dispatch that
+    """Emit `@name(%variant {transform.readonly})` lowering one attention dispatch that
     satisfies `pred` (rank, mask kind, dtype) with `knobs`, at the current insertion point
     (inside a module with `transform.with_named_sequence`)."""
     knobs.check()
     dims = Dims(pred.rank)
     seq = transform.NamedSequenceOp(name, [_any()], [],
-                                    arg_attrs=[{"transform.consumed": ir.UnitAttr.get()}])
+                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
         func = match_one(seq.bodyTarget, "func.func")
         attention = match_one(func, ONLINE_ATTENTION)

@@ -1,0 +1,376 @@
+"""FileCheck tests of the attention matchers and the flash and config libraries, built and
+verified in-process (no iree-compile), and of both families' knob checks."""
+
+from __future__ import annotations
+
+import pytest
+from iree.compiler import ir
+
+from tdkit.matchers.attention import (
+    CODEGEN_MASK_BOOL,
+    CODEGEN_MASK_FLOAT,
+    MASK_BROADCAST,
+    MASK_FULL,
+    MASK_NONE,
+    CodegenPredicate,
+    attention_indexing_maps,
+    build_attention_matcher,
+    build_codegen_matcher,
+    codegen_predicates,
+)
+from tdkit.matchers.attention_problem import Attention
+from tdkit.matchers.dtypes import DType
+from tdkit.strategies import attention_config, attention_flash, registry
+from tdkit.strategies.attention_config import ConfigKnobs
+from tdkit.strategies.attention_flash import FlashKnobs
+from tdkit.strategies.base import KnobError
+from tdkit.strategies.library import build_library
+
+
+def _module(build) -> str:
+    with ir.Context(), ir.Location.unknown():
+        module = ir.Module.create()
+        module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+        with ir.InsertionPoint(module.body):
+            build()
+        module.operation.verify()
+        return str(module)
+
+
+def _library(entries) -> str:
+    with ir.Context(), ir.Location.unknown():
+        module = build_library(entries)
+        module.operation.verify()
+        return str(module)
+
+
+# --- Matchers -----------------------------------------------------------------------------------
+
+def test_codegen_matcher_walks_store_normalize_attention_fills(filecheck) -> None:
+    text = _module(lambda: build_codegen_matcher(
+        "m", CodegenPredicate(dtype=DType.F16, head_dim=64, value_dim=32, min_k2=16)))
+    filecheck(text, """
+CHECK-LABEL: transform.named_sequence @m(
+CHECK-SAME: %[[STORE:.*]]: !transform.any_op {transform.readonly}) -> !transform.any_op
+CHECK: transform.match.operation_name %[[STORE]]
+CHECK-SAME: ["iree_codegen.store_to_buffer", "iree_tensor_ext.dispatch.tensor.store"]
+CHECK: %[[NORM:.*]] = transform.get_producer_of_operand %[[STORE]][0]
+CHECK: transform.match.operation_name %[[NORM]] ["linalg.generic"]
+CHECK: %[[OA:.*]] = transform.get_producer_of_operand %[[NORM]][1]
+CHECK: transform.match.operation_name %[[OA]] ["iree_linalg_ext.online_attention"]
+CHECK: %[[SUM:.*]] = transform.get_producer_of_operand %[[NORM]][0]
+CHECK: transform.match.operation_name %[[SUM]] ["iree_linalg_ext.online_attention"]
+CHECK: %[[F0:.*]] = transform.get_producer_of_operand %[[OA]][4]
+CHECK: transform.match.operation_name %[[F0]] ["linalg.fill"]
+CHECK: %[[F1:.*]] = transform.get_producer_of_operand %[[OA]][5]
+CHECK: %[[F2:.*]] = transform.get_producer_of_operand %[[OA]][6]
+CHECK: %[[Q:.*]] = transform.get_operand %[[OA]][0]
+CHECK: transform.iree.match.cast_compatible_type %[[Q]] = tensor<?x?x?xf16>
+CHECK: transform.iree.match.dim_bounds %[[Q]][2], umin = 64, umax = 64
+CHECK: %[[K:.*]] = transform.get_operand %[[OA]][1]
+CHECK: transform.iree.match.dim_bounds %[[K]][1], umin = 16, none
+CHECK: %[[V:.*]] = transform.get_operand %[[OA]][2]
+CHECK: transform.iree.match.dim_bounds %[[V]][2], umin = 32, umax = 32
+CHECK: %{{.*}}, %{{.*}}, %[[N:.*]], %[[K1:.*]], %{{.*}} = transform.iree.match.online_attention
+CHECK-SAME: %[[OA]], query_type = f16, key_type = f16, value_type = f16, scale_type = f16,
+CHECK-SAME: output_type = f32, max_type = f32, sum_type = f32
+CHECK: transform.iree.match.dims_equal %[[N]], [32]
+CHECK: transform.iree.match.dims_equal %[[K1]], [64]
+CHECK: transform.yield %[[OA]]
+""")
+
+
+def test_codegen_matcher_masked_unbatched(filecheck) -> None:
+    text = _module(lambda: [
+        build_codegen_matcher("float_mask", CodegenPredicate(
+            batched=False, mask=CODEGEN_MASK_FLOAT, dtype=DType.BF16)),
+        build_codegen_matcher("bool_mask", CodegenPredicate(mask=CODEGEN_MASK_BOOL,
+                                                            dtype=DType.F32))])
+    filecheck(text, """
+CHECK-LABEL: transform.named_sequence @float_mask(
+CHECK: %[[OA:.*]] = transform.get_producer_of_operand %{{.*}}[1]
+CHECK: transform.get_producer_of_operand %[[OA]][5]
+CHECK: transform.get_producer_of_operand %[[OA]][6]
+CHECK: transform.get_producer_of_operand %[[OA]][7]
+CHECK: %[[Q:.*]] = transform.get_operand %[[OA]][0]
+CHECK: transform.iree.match.cast_compatible_type %[[Q]] = tensor<?x?xbf16>
+CHECK: %[[MASK:.*]] = transform.get_operand %[[OA]][4]
+CHECK: transform.iree.match.cast_compatible_type %[[MASK]] = tensor<?x?xbf16>
+CHECK-NOT: transform.iree.match.online_attention
+CHECK: transform.yield %[[OA]]
+CHECK-LABEL: transform.named_sequence @bool_mask(
+CHECK: %[[OA2:.*]] = transform.get_producer_of_operand %{{.*}}[1]
+CHECK: %[[MASK2:.*]] = transform.get_operand %[[OA2]][4]
+CHECK: transform.iree.match.cast_compatible_type %[[MASK2]] = tensor<?x?xi8>
+CHECK: transform.yield %[[OA2]]
+""")
+
+
+def test_codegen_predicates_cover_every_variant() -> None:
+    preds = codegen_predicates()
+    assert len(preds) == 3 * 2 * 3
+    assert preds[0].mask == "none" and preds[0].batched
+    assert {p.mask for p in preds} == {"none", "float", "bool"}
+    with pytest.raises(ValueError, match="unknown mask kind"):
+        CodegenPredicate(mask="additive")
+
+
+def test_attention_matcher_before_dispatch_formation(filecheck) -> None:
+    text = _module(lambda: [
+        build_attention_matcher("plain", batch_rank=2, dtype=DType.F32),
+        build_attention_matcher("full", batch_rank=1, dtype=DType.F16, mask=MASK_FULL,
+                                sizes={"m": [128], "k2": [256]}),
+        build_attention_matcher("causal", batch_rank=1, dtype=DType.BF16,
+                                mask=MASK_BROADCAST)])
+    filecheck(text, """
+CHECK-DAG: #[[Q2:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d1, d2, d3)>
+CHECK-DAG: #[[K2:.*]] = affine_map<(d0, d1, d2, d3, d4, d5) -> (d0, d1, d4, d3)>
+CHECK-DAG: #[[MFULL:.*]] = affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d3)>
+CHECK-DAG: #[[MBCAST:.*]] = affine_map<(d0, d1, d2, d3, d4) -> (d1, d3)>
+CHECK-LABEL: transform.named_sequence @plain(
+CHECK: transform.match.operation_name %{{.*}} ["iree_linalg_ext.attention"]
+CHECK: transform.iree.match.attention %{{.*}}, query_type = f32, key_type = f32,
+CHECK-SAME: value_type = f32, output_type = f32, indexing_maps = [#[[Q2]], #[[K2]],
+CHECK-LABEL: transform.named_sequence @full(
+CHECK: %{{.*}}, %[[M:.*]], %{{.*}}, %{{.*}}, %[[KK:.*]] = transform.iree.match.attention
+CHECK-SAME: query_type = f16, {{.*}} #[[MFULL]]
+CHECK: transform.iree.match.dims_equal %[[M]], [128]
+CHECK: transform.iree.match.dims_equal %[[KK]], [256]
+CHECK-LABEL: transform.named_sequence @causal(
+CHECK: transform.iree.match.attention {{.*}} query_type = bf16, {{.*}} #[[MBCAST]]
+""")
+
+
+def test_attention_indexing_maps_match_the_payload() -> None:
+    with ir.Context():
+        maps = attention_indexing_maps(2, MASK_NONE)
+        assert [str(m) for m in maps] == [
+            "(d0, d1, d2, d3, d4, d5) -> (d0, d1, d2, d3)",
+            "(d0, d1, d2, d3, d4, d5) -> (d0, d1, d4, d3)",
+            "(d0, d1, d2, d3, d4, d5) -> (d0, d1, d4, d5)",
+            "(d0, d1, d2, d3, d4, d5) -> ()",
+            "(d0, d1, d2, d3, d4, d5) -> (d0, d1, d2, d5)"]
+        with pytest.raises(ValueError, match="unknown mask form"):
+            attention_indexing_maps(1, "sideways")
+
+
+# --- The flash library --------------------------------------------------------------------------
+
+def flash_library(problem: Attention, **knobs) -> str:
+    family = registry.get("flash")
+    return family.library_text(problem, FlashKnobs(**knobs))
+
+
+def test_flash_spec_steps(filecheck) -> None:
+    text = flash_library(Attention((2,), 100, 300, 64, mask=True))
+    filecheck(text, """
+CHECK-DAG: #[[DIST:.*]] = #iree_cpu.lowering_config<distribution = [1, 16, 0, 0, 0]>
+CHECK-DAG: #[[NONE:.*]] = #iree_codegen.translation_info<pipeline = #iree_codegen.no_pipeline>
+CHECK-DAG: #[[SPEC:.*]] = #iree_codegen.translation_info<pipeline =
+CHECK-SAME: codegen_spec = @tdkit_attention_flash_b_floatmask_f32>
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_floatmask_f32(
+CHECK-SAME: {transform.readonly}
+CHECK: %[[FUNC:.*]] = transform.split_handle
+CHECK: %[[OA:.*]] = transform.split_handle
+CHECK: transform.annotate %[[OA]] "lowering_config"
+CHECK: %[[DEC:.*]] = transform.param.constant {use_exp2 = false}
+CHECK: transform.annotate %[[OA]] "decomposition_config" = %[[DEC]]
+CHECK: %[[F2:.*]] = transform.apply_registered_pass
+CHECK-SAME: "iree-codegen-tile-and-distribute-to-workgroups-using-forall-op" to %[[FUNC]]
+CHECK: transform.structured.pad_tiling_interface %{{.*}} to padding_sizes [1, 16, 0, 0, 0]
+CHECK-SAME: pad_to_multiple_of padding_values = [{{.*}}, -3.40282347E+38 : f32, 0.0{{.*}} : f32]
+CHECK: %{{.*}}, %[[LOOP:.*]] = transform.structured.tile_using_for
+CHECK-SAME: tile_sizes [0, 0, 0, 16, 0]
+CHECK: transform.sequence %[[LOOP]] : !transform.any_op failures(suppress)
+CHECK: transform.loop.peel
+CHECK: transform.foreach
+CHECK: transform.match.operation_name %{{.*}} ["tensor.pad"]
+CHECK: transform.structured.fuse_into_containing_op
+CHECK: transform.foreach
+CHECK: transform.iree.decompose_aggregate_op
+CHECK: %[[G:.*]]:11 = transform.split_handle
+CHECK: transform.structured.interchange %[[G]]#0 iterator_interchange = [0, 2, 1]
+CHECK: transform.structured.interchange %[[G]]#1 iterator_interchange = [0, 2, 3, 1]
+CHECK: transform.structured.interchange %[[G]]#10 iterator_interchange = [0, 2, 3, 1]
+CHECK: %[[VEC:.*]] = transform.structured.vectorize_children_and_apply_patterns %[[F2]]
+CHECK-SAME: <vectorize_padding, disable_multi_reduction_to_contract_patterns,
+CHECK-SAME: disable_transfer_permutation_map_lowering_patterns>
+CHECK: transform.loop.hoist_loop_invariant_subsets
+CHECK: transform.apply_patterns.vector.transfer_permutation_patterns
+CHECK: transform.iree.apply_licm %[[VEC]]
+CHECK: transform.iree.eliminate_empty_tensors %[[VEC]]
+CHECK: %[[BUF:.*]] = transform.iree.bufferize %[[VEC]]
+CHECK: %[[HOIST:.*]] = transform.structured.hoist_redundant_vector_transfers %[[BUF]]
+CHECK-NOT: innerreduction
+CHECK: transform.apply_patterns.vector.multi_reduction_flattening
+CHECK-NOT: innerreduction
+CHECK: transform.apply_patterns.vector.lower_transfer
+CHECK: transform.annotate %[[HOIST]] "translation_info"
+CHECK-NEXT: transform.yield
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_floatmask_f32_match(
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_floatmask_f32_select(
+CHECK: transform.get_parent_op %{{.*}} <op_name = "func.func">
+CHECK: transform.annotate %{{.*}} "translation_info"
+CHECK-LABEL: transform.named_sequence @__kernel_config(
+CHECK-SAME: {transform.consumed}
+CHECK: transform.foreach_match in %{{.*}}
+CHECK-NEXT: @tdkit_attention_flash_b_floatmask_f32_match ->
+CHECK-SAME: @tdkit_attention_flash_b_floatmask_f32_select
+""")
+
+
+def test_flash_unbatched_f16_interchanges_drop_the_batch_loop(filecheck) -> None:
+    # Batch 1: rank-4 online_attention; f16 adds the truncation of P (12 generics).
+    text = flash_library(Attention((1,), 64, 64, 32, dtype=DType.F16))
+    filecheck(text, """
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_nb_f16(
+CHECK: pad_tiling_interface %{{.*}} to padding_sizes [16, 0, 0, 0]
+CHECK: tile_using_for %{{.*}} tile_sizes [0, 0, 16, 0]
+CHECK-NOT: fuse_into_containing_op
+CHECK: %[[G:.*]]:11 = transform.split_handle
+CHECK: transform.structured.interchange %[[G]]#0 iterator_interchange = [1, 0]
+CHECK: transform.structured.interchange %[[G]]#1 iterator_interchange = [1, 2, 0]
+CHECK: transform.structured.interchange %[[G]]#8 iterator_interchange = [1, 0]
+CHECK: transform.structured.interchange %[[G]]#10 iterator_interchange = [1, 2, 0]
+""")
+
+
+def test_flash_rows_layout_with_iree_lowering(filecheck) -> None:
+    text = flash_library(Attention((4,), 128, 128, 64), rows=8, layout="rows", lowering="iree")
+    filecheck(text, """
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
+CHECK-NOT: transform.structured.interchange
+CHECK: transform.structured.vectorize_children_and_apply_patterns %{{.*}} <vectorize_padding>
+CHECK: apply_registered_pass "iree-codegen-drop-vector-unit-dims"
+CHECK: apply_registered_pass "iree-llvmcpu-virtual-vector-lowering"
+CHECK-SAME: with options = {"split-transfers" = "linalg-copy"}
+CHECK: apply_registered_pass "iree-llvmcpu-vector-transpose-lowering"
+CHECK-SAME: with options = {"lower-vector-transpose-to-avx2" = true}
+CHECK: apply_registered_pass "iree-llvmcpu-vector-shape-cast-lowering"
+""")
+
+
+def test_flash_exp2_knob(filecheck) -> None:
+    text = flash_library(Attention((2,), 64, 64, 64), exp2=True)
+    filecheck(text, "CHECK: transform.param.constant {use_exp2 = true}\n")
+
+
+def test_flash_library_for_any_payload_covers_every_variant() -> None:
+    entries = attention_flash.library_entries(None, FlashKnobs())
+    names = {e.spec_name for e in entries}
+    assert len(names) == len(entries) == 18
+    assert "tdkit_attention_flash_nb_boolmask_bf16" in names
+    _library(entries)  # verifies
+
+
+# --- The config library -------------------------------------------------------------------------
+
+def test_config_entry_annotates_compilation_info_and_marker(filecheck) -> None:
+    family = registry.get("config")
+    text = family.library_text(Attention((2, 3), 100, 300, 64, causal=True), ConfigKnobs())
+    filecheck(text, """
+CHECK-DAG: #[[CFG:.*]] = #iree_cpu.lowering_config<distribution = [1, 64, 0, 0, 0],
+CHECK-SAME: vector_common_parallel = [1, 8, 0, 0, 64], vector_reduction = [0, 0, 0, 8, 0]>
+CHECK-DAG: #[[TI:.*]] = #iree_codegen.translation_info<
+CHECK-SAME: pipeline = #iree_cpu.pipeline<LinalgExtTileAndVectorize>>
+CHECK-DAG: #[[CI:.*]] = #iree_codegen.compilation_info<
+CHECK-SAME: lowering_config = #[[CFG]], translation_info = #[[TI]]>
+CHECK-NOT: no_pipeline
+CHECK-LABEL: transform.named_sequence @tdkit_attention_config_b_boolmask_f32_match(
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = tensor<?x?xi8>
+CHECK-LABEL: transform.named_sequence @tdkit_attention_config_b_boolmask_f32_select(
+CHECK-SAME: %[[OP:.*]]: !transform.any_op {transform.readonly})
+CHECK: %[[P:.*]] = transform.param.constant #[[CI]]
+CHECK: transform.annotate %[[OP]] "compilation_info" = %[[P]]
+CHECK: %[[MARK:.*]] = transform.param.constant "tdkit_attention_config_b_boolmask_f32"
+CHECK: transform.annotate %[[OP]] "tdkit.strategy" = %[[MARK]]
+CHECK-LABEL: transform.named_sequence @__kernel_config(
+CHECK: @tdkit_attention_config_b_boolmask_f32_match -> @tdkit_attention_config_b_boolmask_f32_select
+""")
+    # A config entry has no codegen spec: no named sequence of that name.
+    assert "@tdkit_attention_config_b_boolmask_f32(" not in text
+
+
+def test_config_unbatched_drops_the_batch_tile(filecheck) -> None:
+    text = registry.get("config").library_text(Attention((1,), 128, 128, 64),
+                                                ConfigKnobs(rows=32, value_cols=64))
+    filecheck(text, """
+CHECK: #iree_cpu.lowering_config<distribution = [32, 0, 0, 64],
+CHECK-SAME: vector_common_parallel = [8, 0, 0, 64], vector_reduction = [0, 0, 8, 0]>
+""")
+
+
+# --- Knob checks (no compile) -------------------------------------------------------------------
+
+P64 = Attention((4,), 1024, 1024, 64)
+
+
+@pytest.mark.parametrize(("knobs", "problem", "message"), [
+    (FlashKnobs(key_tile=24), None, "key_tile must be a power of two"),
+    (FlashKnobs(rows=12), None, "rows must be a power of two with layout mlanes"),
+    (FlashKnobs(rows=64), None, "rows must be at most 32 with layout mlanes"),
+    (FlashKnobs(rows=0), None, "rows must be a positive integer"),
+    (FlashKnobs(key_tile=128), None, "key_tile must be at most 64"),
+    (FlashKnobs(layout="diagonal"), None, "layout must be one of"),
+    (FlashKnobs(lowering="llvm"), None, "lowering must be one of"),
+    (FlashKnobs(lowering="iree"), None, "layout mlanes needs lowering=transform"),
+    # Combinations that compiled and then crashed on IREE's 128 KiB worker stacks.
+    (FlashKnobs(rows=32, key_tile=16, layout="rows", lowering="iree"), None, "KiB of stack"),
+    (FlashKnobs(rows=32, key_tile=32), None, "KiB of stack"),
+    (FlashKnobs(rows=16, key_tile=16, layout="rows"), Attention((2,), 256, 256, 128),
+     "KiB of stack"),
+    (FlashKnobs(rows=16), Attention((2,), 8, 300, 64), "rows \\(16\\) exceeds the query length"),
+    (FlashKnobs(key_tile=32), Attention((2,), 64, 20, 64), "key_tile \\(32\\) exceeds"),
+    (FlashKnobs(), Attention((2,), 64, 64, 512), "head dims up to 256"),
+])
+def test_flash_check_rejects(knobs: FlashKnobs, problem, message: str) -> None:
+    with pytest.raises(KnobError, match=message):
+        knobs.check(problem)
+
+
+@pytest.mark.parametrize("knobs", [
+    FlashKnobs(), FlashKnobs(key_tile=8), FlashKnobs(rows=32, key_tile=16),
+    FlashKnobs(rows=8, key_tile=16, layout="rows", lowering="iree"),
+    FlashKnobs(rows=16, key_tile=32, layout="rows", lowering="transform"),
+])
+def test_flash_check_accepts(knobs: FlashKnobs) -> None:
+    knobs.check(P64)
+
+
+def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
+    fitted = attention_flash.fit(Attention((1,), 5, 3, 16), FlashKnobs())
+    assert (fitted.rows, fitted.key_tile) == (4, 2)
+    fitted.check(Attention((1,), 5, 3, 16))
+    assert attention_flash.fit(P64, FlashKnobs()) == FlashKnobs()
+
+
+@pytest.mark.parametrize(("knobs", "problem", "message"), [
+    (ConfigKnobs(vector_rows=16, key_tile=8), None, "is 128 or more"),
+    (ConfigKnobs(vector_cols=48), None, "vector_cols must be a power of two"),
+    (ConfigKnobs(rows=4, vector_rows=8), None, "vector_rows \\(8\\) exceeds rows \\(4\\)"),
+    (ConfigKnobs(value_cols=-1), None, "value_cols must be 0"),
+    (ConfigKnobs(rows=128), Attention((2,), 100, 300, 64), "rows \\(128\\) exceeds"),
+    (ConfigKnobs(vector_cols=128), Attention((2,), 100, 300, 64), "vector_cols \\(128\\) exceeds"),
+    (ConfigKnobs(), Attention((2,), 128, 128, 128), "32 KiB"),
+])
+def test_config_check_rejects(knobs: ConfigKnobs, problem, message: str) -> None:
+    with pytest.raises(KnobError, match=message):
+        knobs.check(problem)
+
+
+def test_config_fit_shrinks_defaults() -> None:
+    small = Attention((1,), 16, 4, 40)
+    fitted = attention_config.fit(small, ConfigKnobs())
+    assert (fitted.rows, fitted.vector_rows, fitted.key_tile, fitted.vector_cols) == (16, 8, 4, 64)
+    fitted.check(small)
+    wide = Attention((2,), 128, 128, 128)
+    attention_config.fit(wide, ConfigKnobs()).check(wide)
+
+
+def test_families_are_registered() -> None:
+    fams = registry.for_kind("attention")
+    assert {f.name for f in fams} >= {"flash", "config"}
+    with pytest.raises(KnobError, match="unknown knob"):
+        registry.get("flash").parse_knobs({"tile": "8"})
+    knobs = registry.get("flash").parse_knobs({"rows": "32", "exp2": "true"})
+    assert knobs.rows == 32 and knobs.exp2 is True
