@@ -1,67 +1,119 @@
-"""Side-by-side benchmarks: a strategy, IREE's default pipeline and a memory-copy ceiling, timed
-in one interleaved run so machine noise hits all of them alike."""
+"""Side-by-side benchmarks: tdkit's strategies, IREE's default pipeline and the peers (memory
+copy, SGEMM, numpy, torch SDPA), timed in one interleaved run so machine noise hits all alike."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import numpy as np
-
-from tdkit.tools.harness import HarnessConfig, rates, run_problem
+from tdkit.strategies import registry
+from tdkit.tools import peers
+from tdkit.tools.harness import (
+    HarnessConfig,
+    build,
+    execute,
+    payload_text,
+    rates,
+    run_root,
+    time_builds,
+)
 from tdkit.tools.toolchain import Timing
 
 
-def copy_timing(nbytes: int, repeats: int = 20) -> Timing:
-    """Time numpy copying nbytes/2 bytes into another buffer (reads + writes = nbytes), the
-    ceiling for a kernel that must read its input and write its output once."""
-    n = max(1, nbytes // 2)
-    src = np.ones(n, dtype=np.uint8)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # warm-up: fault in both buffers
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return Timing(tuple(samples))
-
-
-def bench(problem: Any, strategy: str, knobs: dict[str, str] | None, *, form: str | None,
-          cfg: HarnessConfig) -> dict[str, Any]:
-    """Compile, verify and time `strategy` and the default pipeline on `problem`, plus a memory
-    copy of the same bytes; returns one flat record."""
-    res = run_problem(problem, strategy, knobs=knobs, form=form, compare_default=True,
-                      timing=True, cfg=cfg)
-    copy = Timing(tuple(s for _ in range(cfg.rounds)
-                        for s in copy_timing(problem.bytes).samples_ms))
-    out = res.as_dict()
-    copy_gbps = problem.bytes / copy.median_ms / 1e6
-    out["copy_time_ms"] = copy.median_ms
-    out["copy_gbps"] = copy_gbps
-    if res.main.timing:
-        out["fraction_of_copy"] = out["gbps"] / copy_gbps
-    if res.default and res.default.timing:
-        d = rates(problem, res.default.timing.median_ms)
-        out["default_gflops"] = d["gflops"]
-        out["default_gbps"] = d["gbps"]
-    out["samples"] = {"strategy": len(res.main.timing.samples_ms) if res.main.timing else 0,
-                      "rounds": cfg.rounds, "repetitions": cfg.repetitions}
+def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
+          form: str | None, cfg: HarnessConfig, with_peers: bool = True) -> dict[str, Any]:
+    """Compile and verify every strategy in `strategies` and IREE's default on `problem`, time
+    them interleaved, then time the peers; returns one record. Top-level `strategy`, `time_ms`,
+    `default_time_ms` and `speedup` describe the first strategy."""
+    form = form or problem.forms[0]
+    root = run_root(problem, form, cfg)
+    payload = payload_text(problem, form)
+    inputs = problem.make_inputs(cfg.seed)
+    expected = problem.reference(inputs)
+    names = [*strategies, registry.DEFAULT]
+    builds = []
+    for name in names:
+        b = build(problem, form, name, knobs if name != registry.DEFAULT else None,
+                  root / name, cfg, payload)
+        execute(b, problem, inputs, expected)
+        builds.append(b)
+    time_builds(builds, inputs, cfg)
+    default = builds[-1]
+    rows: dict[str, dict[str, Any]] = {}
+    for b in builds:
+        t = b.timing
+        rows[b.strategy] = {
+            "ok": bool(b.verdict and b.verdict.ok), "applied": b.applied,
+            "max_abs_err": b.verdict.max_abs_err if b.verdict else None,
+            "time_ms": t.median_ms, "min_ms": t.min_ms, **rates(problem, t.median_ms),
+            "speedup": default.timing.median_ms / t.median_ms,
+            "dispatches": [d.as_dict() for d in b.dispatches], "artifacts": str(b.artifact.dir),
+            "notes": b.notes,
+        }
+    main = rows[names[0]]
+    out: dict[str, Any] = {
+        "ok": all(r["ok"] and r["applied"] for n, r in rows.items() if n != registry.DEFAULT),
+        "problem": problem.label, "kind": problem.kind, "form": form,
+        "strategy": names[0], "applied": main["applied"], "dispatches": main["dispatches"],
+        "max_abs_err": main["max_abs_err"], "tolerance": builds[0].verdict.tolerance,
+        "time_ms": main["time_ms"], "min_ms": main["min_ms"], "gflops": main["gflops"],
+        "gbps": main["gbps"], "default_time_ms": rows[registry.DEFAULT]["time_ms"],
+        "speedup": main["speedup"], "builds": rows,
+        "timing": {"rounds": cfg.rounds, "repetitions": cfg.repetitions},
+    }
+    if with_peers:
+        out["peers"] = _peers(problem, cfg, main)
+        if "copy" in out["peers"]:
+            out["copy_gbps"] = out["peers"]["copy"]["gbps"]
+            out["fraction_of_copy"] = main["gbps"] / out["copy_gbps"]
     return out
 
 
-def bench_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table of bench records."""
-    head = (f"{'problem':<34} {'strategy':<12} {'ms':>9} {'min ms':>9} {'GB/s':>7} "
-            f"{'GFLOP/s':>8} {'default ms':>10} {'speedup':>8} {'copy GB/s':>9} {'of copy':>7}"
-            f"  ok")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['problem']:<34} {r['strategy']:<12} {r.get('time_ms', 0):>9.4f} "
-            f"{r.get('min_ms', 0):>9.4f} {r.get('gbps', 0):>7.1f} {r.get('gflops', 0):>8.1f} "
-            f"{r.get('default_time_ms') or 0:>10.4f} {r.get('speedup') or 0:>7.2f}x "
-            f"{r.get('copy_gbps', 0):>9.1f} {100 * r.get('fraction_of_copy', 0):>6.0f}%"
-            f"  {'OK' if r['ok'] else 'FAIL'}")
-    return "\n".join(lines)
+def _peer_row(t: Timing, *, flops: float, nbytes: float, main_ms: float) -> dict[str, float]:
+    return {"time_ms": t.median_ms, "min_ms": t.min_ms, "gflops": flops / t.median_ms / 1e6,
+            "gbps": nbytes / t.median_ms / 1e6, "ratio_vs_strategy": t.median_ms / main_ms}
 
+
+def _peers(problem: Any, cfg: HarnessConfig, main: dict[str, Any]) -> dict[str, Any]:
+    ms = main["time_ms"]
+    out: dict[str, Any] = {}
+    if problem.kind == "softmax":
+        out["copy"] = _peer_row(peers.copy_timing(problem.bytes), flops=0,
+                                nbytes=problem.bytes, main_ms=ms)
+    if problem.kind == "attention":
+        t, flops = peers.sgemm_timing()
+        out["sgemm_2048"] = _peer_row(t, flops=flops, nbytes=0, main_ms=ms)
+        out["sgemm_2048"]["strategy_fraction"] = main["gflops"] / out["sgemm_2048"]["gflops"]
+        out["numpy"] = _peer_row(peers.numpy_attention_timing(problem, cfg.seed),
+                                 flops=problem.flops, nbytes=problem.bytes, main_ms=ms)
+        torch_t = peers.torch_sdpa_timing(problem, cfg.seed)
+        if torch_t is not None:
+            out["torch_sdpa"] = _peer_row(torch_t, flops=problem.flops, nbytes=problem.bytes,
+                                          main_ms=ms)
+        else:
+            out["torch_sdpa"] = {"skipped": "torch not installed (pip install '.[bench]')"}
+    return out
+
+
+def bench_table(record: dict[str, Any]) -> str:
+    """A fixed-width table of one bench record: builds, then peers."""
+    head = (f"{'build':<22} {'ms (median)':>11} {'min ms':>9} {'GFLOP/s':>8} {'GB/s':>7} "
+            f"{'vs default':>10} {'max err':>9}  ok")
+    lines = [record["problem"] + f"  [{record['form']}]", head, "-" * len(head)]
+    for name, r in record["builds"].items():
+        lines.append(f"{name:<22} {r['time_ms']:>11.4f} {r['min_ms']:>9.4f} {r['gflops']:>8.1f} "
+                     f"{r['gbps']:>7.1f} {r['speedup']:>9.2f}x {r['max_abs_err']:>9.2e}  "
+                     f"{'OK' if r['ok'] and r['applied'] else 'FAIL'}")
+    for name, r in record.get("peers", {}).items():
+        if "skipped" in r:
+            lines.append(f"{name:<22} skipped: {r['skipped']}")
+            continue
+        extra = ""
+        if name == "copy":
+            extra = f"  strategy = {100 * record['fraction_of_copy']:.0f}% of copy bandwidth"
+        if name == "sgemm_2048":
+            extra = f"  strategy = {100 * r['strategy_fraction']:.0f}% of the SGEMM rate"
+        elif name in ("numpy", "torch_sdpa"):
+            extra = f"  strategy is {r['ratio_vs_strategy']:.2f}x faster"
+        lines.append(f"{name:<22} {r['time_ms']:>11.4f} {r['min_ms']:>9.4f} {r['gflops']:>8.1f} "
+                     f"{r['gbps']:>7.1f} {'':>10} {'':>9}  {extra}")
+    return "\n".join(lines)

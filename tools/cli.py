@@ -223,10 +223,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tdkit.tools.bench import bench, bench_table
 
     problem = _problem(args)
-    strategy = _strategy(args, problem.kind)
+    if args.strategy:
+        strategies = [_strategy(args, problem.kind)]
+    else:
+        strategies = [f.name for f in registry.for_kind(problem.kind)]
+    strategies = [s for s in strategies if s != registry.DEFAULT]
+    if not strategies:
+        raise BadInputError(f"no tdkit strategy for {problem.kind} to benchmark")
     cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
-    d = bench(problem, strategy, _knobs(args), form=args.form, cfg=cfg)
-    return _emit(d, args, bench_table([d]))
+    d = bench(problem, strategies, _knobs(args), form=args.form, cfg=cfg,
+              with_peers=not args.no_peers)
+    return _emit(d, args, bench_table(d))
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
@@ -282,10 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
     p.set_defaults(fn=cmd_apply)
 
-    p = sub.add_parser("bench", help="time the strategy and IREE's default side by side")
+    p = sub.add_parser("bench", help="time tdkit's strategies, IREE's default and peers "
+                       "(memory copy; attention: SGEMM, numpy, torch SDPA) side by side")
     _add_problem_args(p)
     _add_strategy_args(p)
     _add_tool_args(p)
+    p.add_argument("--no-peers", action="store_true", help="skip copy/SGEMM/numpy/torch")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.set_defaults(fn=cmd_bench)

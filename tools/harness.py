@@ -214,7 +214,7 @@ def run_problem(problem: Problem, strategy: str, *, knobs: dict[str, str] | None
     if form not in problem.forms:
         raise BadInputError(f"unknown form {form!r} for {problem.kind}; "
                             f"expected one of {', '.join(problem.forms)}")
-    root = cfg.root() / _slug(f"{problem.label} {form}") / time.strftime("%Y%m%d-%H%M%S")
+    root = run_root(problem, form, cfg)
     payload = payload_text(problem, form)
     inputs = problem.make_inputs(cfg.seed)
     expected = problem.reference(inputs)
@@ -229,6 +229,11 @@ def run_problem(problem: Problem, strategy: str, *, knobs: dict[str, str] | None
     if timing:
         time_builds(builds, inputs, cfg)
     return result
+
+
+def run_root(problem: Problem, form: str, cfg: HarnessConfig) -> Path:
+    """A fresh directory for one run's artifacts."""
+    return cfg.root() / _slug(f"{problem.label} {form}") / time.strftime("%Y%m%d-%H%M%S")
 
 
 def _slug(text: str) -> str:
