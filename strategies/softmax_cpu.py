@@ -46,12 +46,16 @@ class SoftmaxCpuKnobs:
       rows_per_workgroup: rows (iterations of the innermost parallel dim before the reduced
         one) each workgroup owns, when the softmax dim is the innermost dim.
       columns_per_workgroup: contiguous columns each workgroup owns when the softmax dim is
-        not the innermost dim; a multiple of `vector_width`.
+        not the innermost dim; a multiple of `column_width`.
       reduction_tile: elements of a row each reduction step consumes when the softmax dim is
         the innermost one; the width of the partial accumulator (several vector registers
         give independent dependency chains).
-      vector_width: elements per vector along the innermost dim for the normalization (and
-        for the columns of a non-innermost softmax); a power of two.
+      vector_width: elements per vector along the row for the normalization when the softmax
+        dim is the innermost one; a power of two.
+      column_width: columns (elements of the innermost dim) each vector step covers when the
+        softmax dim is not the innermost one; a power of two. Every step reads this many
+        contiguous elements from `outer_reduction_tile` rows far apart in memory, so wider
+        strips waste fewer cache lines and TLB entries.
       outer_reduction_tile: rows of the reduced dim each step consumes when the softmax dim
         is not the innermost one.
       rank1_chunk: elements each workgroup normalizes for a rank-1 softmax (every workgroup
@@ -59,9 +63,10 @@ class SoftmaxCpuKnobs:
     """
 
     rows_per_workgroup: int = 2
-    columns_per_workgroup: int = 64
+    columns_per_workgroup: int = 32
     reduction_tile: int = 64
     vector_width: int = 16
+    column_width: int = 32
     outer_reduction_tile: int = 8
     rank1_chunk: int = 4096
 
@@ -70,7 +75,7 @@ class SoftmaxCpuKnobs:
         kernel; with a `shape` (and the softmax `dim`, default the last), also for row tiles
         larger than the row when the softmax dim is the innermost one."""
         for name in ("rows_per_workgroup", "columns_per_workgroup", "reduction_tile",
-                     "vector_width", "outer_reduction_tile", "rank1_chunk"):
+                     "vector_width", "column_width", "outer_reduction_tile", "rank1_chunk"):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                     f"{name} must be a positive integer, got {value!r}")
@@ -78,14 +83,16 @@ class SoftmaxCpuKnobs:
                 f"vector_width must be a power of two, got {self.vector_width}")
         require(self.vector_width <= 64,
                 f"vector_width must be at most 64 elements, got {self.vector_width}")
+        require(_is_pow2(self.column_width) and self.column_width <= 64,
+                f"column_width must be a power of two of at most 64, got {self.column_width}")
         require(self.reduction_tile % self.vector_width == 0,
                 f"reduction_tile ({self.reduction_tile}) must be a multiple of vector_width "
                 f"({self.vector_width})")
         require(self.reduction_tile <= 256,
                 f"reduction_tile must be at most 256 elements, got {self.reduction_tile}")
-        require(self.columns_per_workgroup % self.vector_width == 0,
+        require(self.columns_per_workgroup % self.column_width == 0,
                 f"columns_per_workgroup ({self.columns_per_workgroup}) must be a multiple of "
-                f"vector_width ({self.vector_width})")
+                f"column_width ({self.column_width})")
         require(self.outer_reduction_tile <= 16,
                 f"outer_reduction_tile must be at most 16, got {self.outer_reduction_tile}")
         if shape is None:
@@ -188,7 +195,7 @@ def tiling(knobs: SoftmaxCpuKnobs, rank: int, dim: int, form: str = FUSED) -> Ti
     else:
         workgroup = [0 if i == dim else 1 for i in range(rank - 1)]
         workgroup.append(knobs.columns_per_workgroup)
-        row = [0 if i == dim else 1 for i in range(rank - 1)] + [knobs.vector_width]
+        row = [0 if i == dim else 1 for i in range(rank - 1)] + [knobs.column_width]
         normalize = list(zeros)
         normalize[dim] = knobs.outer_reduction_tile
         reduction = list(zeros)

@@ -119,16 +119,16 @@ CHECK: transform.annotate %{{.*}} "translation_info"
 def test_outer_dim_uses_masked_column_strips(filecheck) -> None:
     filecheck(softmax_library(2, 0), """
 CHECK-LABEL: transform.named_sequence @tdkit_softmax_cpu_r2_d0(
-CHECK: tile_using_forall %{{.*}} tile_sizes [0, 64](mapping = [#gpu.block<x>])
-CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 16]
+CHECK: tile_using_forall %{{.*}} tile_sizes [0, 32](mapping = [#gpu.block<x>])
+CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 32]
 CHECK: tile_reduction_using_for %{{.*}} by tile_sizes = [8, 0]
 CHECK: tile_reduction_using_for %{{.*}} by tile_sizes = [8, 0]
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [8, 0]
 CHECK-NOT: transform.loop.peel
 CHECK-NOT: vectorize_children_and_apply_patterns
-CHECK: transform.structured.vectorize %{{.*}} vector_sizes [16]
-CHECK: transform.structured.vectorize %{{.*}} vector_sizes [16, 8]
-CHECK: transform.structured.vectorize %{{.*}} vector_sizes [8, 16]
+CHECK: transform.structured.vectorize %{{.*}} vector_sizes [32]
+CHECK: transform.structured.vectorize %{{.*}} vector_sizes [32, 8]
+CHECK: transform.structured.vectorize %{{.*}} vector_sizes [8, 32]
 CHECK: transform.apply_patterns.vector.lower_masked_transfers
 CHECK: transform.iree.bufferize
 CHECK: transform.apply_registered_pass "iree-codegen-pad-dynamic-alloc"
@@ -243,11 +243,12 @@ def test_default_knobs_are_valid_for_the_test_shapes(shape, dim) -> None:
     ({"columns_per_workgroup": 2.5}, "columns_per_workgroup must be a positive integer"),
     ({"vector_width": True}, "vector_width must be a positive integer"),
     ({"vector_width": 24}, "vector_width must be a power of two, got 24"),
-    ({"vector_width": 128, "reduction_tile": 128, "columns_per_workgroup": 128},
+    ({"vector_width": 128, "reduction_tile": 128},
      "vector_width must be at most 64"),
     ({"reduction_tile": 40}, r"reduction_tile \(40\) must be a multiple of vector_width \(16\)"),
     ({"reduction_tile": 512}, "reduction_tile must be at most 256"),
-    ({"columns_per_workgroup": 40}, "columns_per_workgroup .* multiple of vector_width"),
+    ({"columns_per_workgroup": 40}, "columns_per_workgroup .* multiple of column_width"),
+    ({"column_width": 48}, "column_width must be a power of two of at most 64, got 48"),
     ({"outer_reduction_tile": 32}, "outer_reduction_tile must be at most 16"),
 ])
 def test_invalid_knobs_raise_one_sentence(changes, message) -> None:
