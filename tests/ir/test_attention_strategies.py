@@ -342,6 +342,7 @@ def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
     assert (fitted.rows, fitted.key_tile) == (4, 2)
     fitted.check(Attention((1,), 5, 3, 16))
     assert attention_flash.fit(P64, FlashKnobs()) == FlashKnobs()
+    assert attention_flash.fit(Attention((2,), 64, 64, 128), FlashKnobs()).key_tile == 8
 
 
 @pytest.mark.parametrize(("knobs", "problem", "message"), [
