@@ -37,8 +37,11 @@ CHECK: %[[MAXINIT:.*]] = linalg.fill ins(%[[NEGINF]] : f32) outs({{.*}} : tensor
 CHECK: %[[MAX:.*]] = linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
 CHECK-SAME: outs(%[[MAXINIT]] : tensor<333xf32>)
 CHECK: arith.maximumf
-CHECK: %[[EXP:.*]] = linalg.generic {{.*}}ins(%{{.*}}, %[[MAX]] :
+CHECK: %[[SUB:.*]] = linalg.generic {{.*}}ins(%{{.*}}, %[[MAX]] :
 CHECK: arith.subf
+CHECK-NOT: math.exp
+CHECK: linalg.yield
+CHECK: %[[EXP:.*]] = linalg.generic {{.*}}ins(%[[SUB]] :
 CHECK: math.exp
 CHECK: %[[SUM:.*]] = linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
 CHECK-SAME: ins(%[[EXP]] : tensor<333x1000xf32>)
@@ -46,6 +49,20 @@ CHECK: arith.addf
 CHECK: linalg.generic {{.*}}ins(%[[EXP]], %[[SUM]] :
 CHECK: arith.divf
 CHECK-NOT: linalg.softmax
+""")
+
+
+def test_softmax_fused_sub_exp_payload(filecheck) -> None:
+    text = _payload(Softmax((64, 100), -1, DType.F32), "generic_fused")
+    filecheck(text, """
+CHECK: %[[MAX:.*]] = linalg.generic
+CHECK: arith.maximumf
+CHECK: %[[EXP:.*]] = linalg.generic {{.*}}ins(%{{.*}}, %[[MAX]] :
+CHECK-NEXT: ^bb0
+CHECK-NEXT: arith.subf
+CHECK-NEXT: math.exp
+CHECK: linalg.generic {{.*}}ins(%[[EXP]] :
+CHECK: arith.addf
 """)
 
 

@@ -50,8 +50,8 @@ def _add_problem_args(p: argparse.ArgumentParser, *, file_ok: bool = False) -> N
     p.add_argument("--mask", action="store_true", help="attention: additive mask input")
     p.add_argument("--scale", type=float, help="attention: softmax scale (default 1/sqrt(D))")
     p.add_argument("--value-dim", type=int, help="attention: value dim N (default D)")
-    p.add_argument("--form", help="payload form: softmax|generic (softmax), attention|chain "
-                   "(attention); default the first")
+    p.add_argument("--form", help="payload form: softmax|generic|generic_fused (softmax), "
+                   "attention|chain (attention); default the first")
 
 
 def _add_strategy_args(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,8 @@ CASES = [
     (Softmax((333, 1000), -1, F32), "generic"),
     (Softmax((7, 3, 1001), 1, F32), "generic"),
     (Softmax((64, 2048), -1, F16), "generic"),
+    (Softmax((333, 1000), -1, F32), "generic_fused"),
+    (Softmax((2, 3, 17, 129), 2, F32), "generic_fused"),
 ]
 
 
