@@ -155,16 +155,21 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
 
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     """Fit the default knobs to a problem: rows and key_tile powers of two no larger than M and
-    K2, and key_tile 8 for head dims of 128 and more (measured: 94 vs 79 GF/s at D = 128, the
-    larger step spills the `N x rows` accumulator once per key)."""
-    rows, key_tile = knobs.rows, knobs.key_tile
+    K2; key_tile 8 for head dims of 128 and more (measured: 94 vs 79 GF/s at D = 128, the
+    larger step spills the `N x rows` accumulator once per key); layout "rows" for bf16."""
+    rows, key_tile, layout = knobs.rows, knobs.key_tile, knobs.layout
     if max(problem.d, problem.value_dim) >= 128:
         key_tile = min(key_tile, 8)
+    if problem.dtype == DType.BF16 and layout == "mlanes":
+        # mlanes converts every broadcast K / V element bf16 -> f32 on its own (a shift and a
+        # broadcast per FMA); "rows" converts whole K / V tiles once. Measured 8x1024x1024x64:
+        # 94 vs 73 GF/s. (f16 has vcvtph2ps with an embedded broadcast: mlanes stays ahead.)
+        layout, rows = "rows", min(rows, 8)
     while rows > problem.m and rows > 1:
         rows //= 2
     while key_tile > problem.k2 and key_tile > 1:
         key_tile //= 2
-    return replace(knobs, rows=rows, key_tile=key_tile)
+    return replace(knobs, rows=rows, key_tile=key_tile, layout=layout)
 
 
 def _is_pow2(n: int) -> bool:

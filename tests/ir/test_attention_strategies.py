@@ -375,3 +375,11 @@ def test_families_are_registered() -> None:
         registry.get("flash").parse_knobs({"tile": "8"})
     knobs = registry.get("flash").parse_knobs({"rows": "32", "exp2": "true"})
     assert knobs.rows == 32 and knobs.exp2 is True
+
+
+def test_flash_fit_picks_the_rows_layout_for_bf16() -> None:
+    fitted = attention_flash.fit(Attention((8,), 1024, 1024, 64, dtype=DType.BF16), FlashKnobs())
+    assert (fitted.layout, fitted.rows, fitted.lowering) == ("rows", 8, "transform")
+    fitted.check(Attention((8,), 1024, 1024, 64, dtype=DType.BF16))
+    f16 = attention_flash.fit(Attention((8,), 1024, 1024, 64, dtype=DType.F16), FlashKnobs())
+    assert f16.layout == "mlanes"
