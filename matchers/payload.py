@@ -55,3 +55,23 @@ def generic(
     with ir.InsertionPoint(block):
         linalg.YieldOp(list(body(*block.arguments)))
     return list(op.results)
+
+
+def stream_module(shape: Sequence[int], element: ir.Type) -> ir.Module:
+    """`@main(%x) -> -%x`: reads and writes each element once; a bandwidth ceiling for kernels
+    that must read their input and write their output once."""
+    from iree.compiler.dialects import arith, func
+
+    ttype = tensor_type(shape, element)
+    module = ir.Module.create()
+    with ir.InsertionPoint(module.body):
+
+        @func.FuncOp.from_py_func(ttype, name="main")
+        def main(x: ir.Value) -> ir.Value:
+            rank = len(shape)
+            ident = affine_map(rank, list(range(rank)))
+            (y,) = generic([x], [empty(shape, element)], [ident, ident], ["parallel"] * rank,
+                           lambda a, _o: [arith.NegFOp(a).result])
+            return y
+
+    return module
