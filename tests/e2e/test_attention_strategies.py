@@ -2,7 +2,8 @@
 applied, run, and compare with the float64 reference. Shapes are small but cover partial tiles
 (77, 197, 1000, 100 x 300), head dims 40-128, value dim != head dim, several batch dims,
 causal and additive masks (with fully masked rows), f32 / f16 / bf16 and an explicit scale.
-One test inspects the lowered dispatch for buffers or vectors of size M x K2."""
+One test inspects the lowered dispatch for buffers or vectors of size M x K2; the last ones run
+the pre-dispatch-formation matchers on the IR a preprocessing spec sees."""
 
 from __future__ import annotations
 
@@ -11,11 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from iree.compiler import ir
+from iree.compiler.dialects import transform
 
+from tdkit.matchers.attention import (
+    MASK_BROADCAST,
+    MASK_FULL,
+    MASK_NONE,
+    build_attention_matcher,
+)
 from tdkit.matchers.attention_problem import Attention
 from tdkit.matchers.dtypes import DType
 from tdkit.tools.harness import HarnessConfig, build, execute, run_problem
 from tdkit.tools.inspect import strategy_ir
+from tdkit.tools.toolchain import CompileOptions, compile_module, run_module
 
 F32, F16, BF16 = DType.F32, DType.F16, DType.BF16
 
@@ -89,8 +99,6 @@ def test_config_fully_masked_rows_are_nan_for_f32(tmp_path: Path) -> None:
     inputs = problem.make_inputs(0, fully_masked_rows=True)
     expected, b = _run_with_inputs(problem, "config", inputs, tmp_path)
     assert not b.verdict.ok
-    from tdkit.tools.toolchain import run_module
-
     shape, dt = problem.output_spec()
     (out,) = run_module(b.artifact.vmfb, inputs, [(shape, dt.numpy)], tmp_path / "rerun")
     masked = np.zeros(shape[:-1], dtype=bool)
@@ -136,3 +144,61 @@ def test_no_m_by_k2_buffer_or_vector_in_the_lowered_dispatch(problem: Attention,
         if big or (m in shape and k2 in shape) or (kind == "memref" and k2 in shape):
             offenders.add(f"{kind}<{body}>")
     assert not offenders, f"M x K2-sized buffers/vectors in the lowered dispatch: {offenders}"
+
+
+# --- Matchers before dispatch formation, on the IR a preprocessing spec really sees ----------
+
+PRE_MATCHERS = [
+    ("none_b2_f32", dict(batch_rank=2, dtype=F32, mask=MASK_NONE,
+                         sizes={"m": [64], "k2": [128]})),
+    ("full_b1_f16", dict(batch_rank=1, dtype=F16, mask=MASK_FULL)),
+    ("bcast_b1_bf16", dict(batch_rank=1, dtype=BF16, mask=MASK_BROADCAST)),
+]
+
+
+def _marking_spec() -> str:
+    """`@__transform_main`: foreach_match over PRE_MATCHERS; each action annotates the matched
+    attention op with `tdkit.matched = "<matcher name>"`."""
+    with ir.Context(), ir.Location.unknown():
+        module = ir.Module.create()
+        module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+        any_op = transform.AnyOpType.get()
+        readonly = [{"transform.readonly": ir.UnitAttr.get()}]
+        with ir.InsertionPoint(module.body):
+            for name, kw in PRE_MATCHERS:
+                build_attention_matcher(name, **kw)
+                mark = transform.NamedSequenceOp(f"{name}_mark", [any_op], [], arg_attrs=readonly)
+                with ir.InsertionPoint(mark.body):
+                    param = transform.ParamConstantOp(transform.AnyParamType.get(),
+                                                      ir.StringAttr.get(name)).result
+                    transform.AnnotateOp(mark.bodyTarget, "tdkit.matched", param=param)
+                    transform.YieldOp()
+            main = transform.NamedSequenceOp("__transform_main", [any_op], [],
+                                             arg_attrs=[{"transform.consumed": ir.UnitAttr.get()}])
+            with ir.InsertionPoint(main.body):
+                refs = [ir.FlatSymbolRefAttr.get(n) for n, _ in PRE_MATCHERS]
+                acts = [ir.FlatSymbolRefAttr.get(f"{n}_mark") for n, _ in PRE_MATCHERS]
+                transform.ForeachMatchOp(any_op, [], main.bodyTarget, [], ir.ArrayAttr.get(refs),
+                                         ir.ArrayAttr.get(acts))
+                transform.YieldOp()
+        module.operation.verify()
+        return str(module)
+
+
+@pytest.mark.parametrize(("problem", "expected"), [
+    (Attention((2, 3), 64, 128, 32), ["none_b2_f32"]),
+    (Attention((2, 3), 64, 100, 32), []),                       # sizes pinned to k2 = 128
+    (Attention((2,), 64, 128, 32, mask=True, dtype=F16), ["full_b1_f16"]),
+    (Attention((2,), 64, 128, 32, causal=True, dtype=BF16), ["bcast_b1_bf16"]),
+    (Attention((2,), 64, 128, 32, causal=True, dtype=F32), []),  # no f32 causal matcher
+], ids=lambda x: x.label if isinstance(x, Attention) else str(x))
+def test_attention_matchers_before_dispatch_formation(problem: Attention, expected: list[str],
+                                                      tmp_path: Path) -> None:
+    spec = tmp_path / "spec.mlir"
+    spec.write_text(_marking_spec())
+    with ir.Context(), ir.Location.unknown():
+        payload = str(problem.build_payload("attention"))
+    opts = CompileOptions(compile_to="preprocessing", extra_flags=(
+        f"--iree-preprocessing-transform-spec-filename={spec}",))
+    art = compile_module(payload, tmp_path / "out", opts)
+    assert re.findall(r'tdkit.matched = "(\w+)"', art.vmfb.read_text()) == expected
