@@ -26,7 +26,7 @@ from tdkit.tools.errors import (
     ToolError,
 )
 from tdkit.tools.harness import HarnessConfig, library_for, run_problem
-from tdkit.tools.toolchain import COMPILER_ENV
+from tdkit.tools.toolchain import COMPILER_ENV, CompileOptions
 
 KINDS = ("softmax", "attention")
 
@@ -66,6 +66,8 @@ def _add_tool_args(p: argparse.ArgumentParser) -> None:
                    help=f"iree-compile to use (default ${COMPILER_ENV} or the installed one)")
     p.add_argument("--artifacts", type=Path, help="directory for compile artifacts "
                    "(default: a fresh temporary directory)")
+    p.add_argument("--target-cpu", default="host",
+                   help="--iree-llvmcpu-target-cpu for every compile (default host)")
     p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -115,7 +117,9 @@ def _strategy(args: argparse.Namespace, kind: str) -> str:
 
 
 def _config(args: argparse.Namespace, **kw: Any) -> HarnessConfig:
-    return HarnessConfig(compiler=args.compiler, artifacts=args.artifacts, seed=args.seed, **kw)
+    opts = CompileOptions(cpu=getattr(args, "target_cpu", "host"))
+    return HarnessConfig(compiler=args.compiler, artifacts=args.artifacts, seed=args.seed,
+                         compile=opts, **kw)
 
 
 def _emit(out: dict[str, Any], args: argparse.Namespace, human: str) -> int:

@@ -33,11 +33,13 @@ class ToolError(TdkitError):
     exit_code = EXIT_FAILED
 
     def __init__(self, summary: str, *, argv: list[str], returncode: int | None = None,
-                 stderr_tail: str = "", repro: str = "", missing: bool = False) -> None:
+                 stderr_tail: str = "", repro: str = "", missing: bool = False,
+                 stderr: str = "") -> None:
         self.summary = summary
         self.argv = argv
         self.returncode = returncode
         self.stderr_tail = stderr_tail
+        self.stderr = stderr or stderr_tail  # the whole stderr, when the caller kept it
         self.repro = repro
         self.missing = missing
         if missing:
@@ -46,8 +48,10 @@ class ToolError(TdkitError):
 
     def one_line(self) -> str:
         """The summary plus the first diagnostic line of stderr and the repro, on one line."""
-        first = next((ln.strip() for ln in self.stderr_tail.splitlines()
-                      if "error" in ln.lower()), "")
+        lines = self.stderr.splitlines()
+        first = next((ln.strip() for ln in lines if "error:" in ln), "")
+        if not first:
+            first = next((ln.strip() for ln in lines if "error" in ln.lower()), "")
         if not first:
             first = next((ln.strip() for ln in self.stderr_tail.splitlines() if ln.strip()), "")
         parts = [self.summary]

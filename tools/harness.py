@@ -151,20 +151,28 @@ def library_for(problem: Problem, strategy: str, knobs: dict[str, str] | None) -
         raise BadInputError(f"invalid knob: {err}") from None
 
 
-def compile_default(payload: str, out_dir: Path, cfg: HarnessConfig) -> tuple[Artifact, list[str]]:
-    """Compile with IREE's default pipeline. If embedded linking fails on a libm symbol (IREE
-    3.13 emits `fmaxf` calls for f16 softmax), retry once with the system linker and say so."""
+def compile_linked(payload: str, out_dir: Path, cfg: HarnessConfig,
+                   strategy: str | None = None) -> tuple[Artifact, list[str]]:
+    """Compile; if embedded linking fails on a libm symbol (IREE 3.13 emits `fmaxf` calls for
+    f16 max on CPUs without AVX512-FP16), retry once with the system linker and say so."""
     try:
-        return compile_module(payload, out_dir, cfg.compile, compiler=cfg.compiler), []
+        art = compile_module(payload, out_dir, cfg.compile, strategy=strategy,
+                             compiler=cfg.compiler)
+        return art, []
     except ToolError as err:
-        if "undefined symbol" not in err.stderr_tail or not cfg.compile.link_embedded:
+        if "undefined symbol" not in err.stderr or not cfg.compile.link_embedded:
             raise
-        symbol = next((ln.strip() for ln in err.stderr_tail.splitlines()
+        symbol = next((ln.strip() for ln in err.stderr.splitlines()
                        if "undefined symbol" in ln), "undefined symbol")
         opts = replace(cfg.compile, link_embedded=False)
-        art = compile_module(payload, out_dir, opts, compiler=cfg.compiler)
+        art = compile_module(payload, out_dir, opts, strategy=strategy, compiler=cfg.compiler)
         return art, [f"embedded link failed ({symbol[:120]}); "
                      "rebuilt with --iree-llvmcpu-link-embedded=false"]
+
+
+def compile_default(payload: str, out_dir: Path, cfg: HarnessConfig) -> tuple[Artifact, list[str]]:
+    """Compile with IREE's default pipeline (see `compile_linked`)."""
+    return compile_linked(payload, out_dir, cfg)
 
 
 def build(problem: Problem, form: str, strategy: str, knobs: dict[str, str] | None,
@@ -175,10 +183,10 @@ def build(problem: Problem, form: str, strategy: str, knobs: dict[str, str] | No
         art, notes = compile_default(payload, out_dir, cfg)
         return Build(DEFAULT, art, dispatches(art), applied=True, notes=notes)
     library = library_for(problem, strategy, knobs)
-    art = compile_module(payload, out_dir, cfg.compile, strategy=library, compiler=cfg.compiler)
+    art, notes = compile_linked(payload, out_dir, cfg, strategy=library)
     family = registry.get(strategy)
     infos = check_applied(art, family.targets)
-    return Build(strategy, art, infos, applied=True)
+    return Build(strategy, art, infos, applied=True, notes=notes)
 
 
 def execute(b: Build, problem: Problem, inputs: list[np.ndarray], expected: np.ndarray) -> None:

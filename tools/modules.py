@@ -18,8 +18,8 @@ from tdkit.strategies import registry
 from tdkit.strategies.base import KnobError
 from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
 from tdkit.tools.errors import BadInputError, NotAppliedError
-from tdkit.tools.harness import Build, HarnessConfig, compile_default, time_builds
-from tdkit.tools.toolchain import RunOptions, compile_module, run_module
+from tdkit.tools.harness import Build, HarnessConfig, compile_default, compile_linked, time_builds
+from tdkit.tools.toolchain import RunOptions, run_module
 from tdkit.tools.verify import Verdict, compare
 
 _ELEMENT_TYPES: dict[str, np.dtype] = {
@@ -185,8 +185,7 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
         raise BadInputError(f"invalid knob: {err}") from None
     library = registry.library_text(entries)
     root = cfg.root() / path.stem / time.strftime("%Y%m%d-%H%M%S")
-    art = compile_module(text, root / "tdkit", cfg.compile, strategy=library,
-                         compiler=cfg.compiler)
+    art, notes = compile_linked(text, root / "tdkit", cfg, strategy=library)
     infos = dispatches(art)
     targeted = [d for d in infos if any(f.targets(d) for f in fams)]
     if targeted:
@@ -195,7 +194,7 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
         raise NotAppliedError(f"strategy not applied: no dispatch of {path.name} is one that "
                               f"{', '.join(strategies or [])} targets "
                               f"(dispatches: {', '.join(d.name for d in infos)})")
-    main = Build("+".join(f.name for f in fams), art, infos, applied=True)
+    main = Build("+".join(f.name for f in fams), art, infos, applied=True, notes=notes)
     dart, notes = compile_default(text, root / "default", cfg)
     default = Build(registry.DEFAULT, dart, dispatches(dart), applied=True, notes=notes)
     if not targeted:

@@ -135,10 +135,11 @@ def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = ""
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
         raise ToolError(f"{what} crashed with {sig}", argv=argv, returncode=proc.returncode,
-                        stderr_tail=_tail(err), repro=repro)
+                        stderr_tail=_tail(err), repro=repro, stderr=err)
     if proc.returncode != 0:
         raise ToolError(f"{what} failed (exit {proc.returncode})", argv=argv,
-                        returncode=proc.returncode, stderr_tail=_tail(err), repro=repro)
+                        returncode=proc.returncode, stderr_tail=_tail(err), repro=repro,
+                        stderr=err)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
@@ -186,7 +187,7 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
     try:
         proc = run_process(argv, timeout_s=opts.timeout_s, what="iree-compile", repro=repro)
     except ToolError as err:
-        (out_dir / "stderr.txt").write_text(err.stderr_tail)
+        (out_dir / "stderr.txt").write_text(err.stderr)
         raise
     (out_dir / "stderr.txt").write_text(proc.stderr)
     return Artifact(dir=out_dir, vmfb=vmfb, payload=source, strategy=library, command=argv,
