@@ -8,7 +8,8 @@ import pytest
 
 from tdkit.matchers.dtypes import DType
 from tdkit.matchers.problems import Softmax
-from tdkit.tools.harness import run_problem
+from tdkit.tools.harness import HarnessConfig, run_problem
+from tdkit.tools.toolchain import CompileOptions
 
 F32, F16, BF16 = DType.F32, DType.F16, DType.BF16
 
@@ -42,3 +43,13 @@ def test_softmax_strategy_matches_reference(problem: Softmax, form: str) -> None
                                    for x in d["dispatches"]), d["dispatches"]
     assert d["ok"], d["reason"]
     assert d["max_abs_err"] <= d["tolerance"]
+
+
+def test_f16_without_native_f16_max_relinks_with_system_linker() -> None:
+    """On CPUs without AVX512-FP16 the f16 max becomes an `fmaxf` libcall that IREE's embedded
+    linker cannot resolve; both builds must still succeed, and say how."""
+    cfg = HarnessConfig(compile=CompileOptions(cpu="znver4"))
+    res = run_problem(Softmax((64, 256), -1, F16), "softmax_cpu", compare_default=True, cfg=cfg)
+    assert res.ok, res.as_dict()["reason"]
+    for b in (res.main, res.default):
+        assert any("link-embedded=false" in n for n in b.notes), b.notes
