@@ -259,22 +259,28 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _problem_command(sub: Any, name: str, help_text: str, *, file_ok: bool = False,
+                     output: bool = False) -> argparse.ArgumentParser:
+    """A subcommand taking a problem, a strategy with knobs, and the tool options."""
+    p = sub.add_parser(name, help=help_text)
+    _add_problem_args(p, file_ok=file_ok)
+    _add_strategy_args(p)
+    _add_tool_args(p)
+    if output:
+        p.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tdkit", description="Transform-dialect strategies for softmax and "
                      "attention in IREE: emit them, apply them, run, verify and benchmark.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("emit", help="print the transform library for a problem")
-    _add_problem_args(p)
-    _add_strategy_args(p)
-    _add_tool_args(p)
-    p.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    p = _problem_command(sub, "emit", "print the transform library for a problem", output=True)
     p.set_defaults(fn=cmd_emit)
 
-    p = sub.add_parser("run", help="compile, run, verify and time a problem or a payload file")
-    _add_problem_args(p, file_ok=True)
-    _add_strategy_args(p)
-    _add_tool_args(p)
+    p = _problem_command(sub, "run", "compile, run, verify and time a problem or a payload file",
+                         file_ok=True)
     p.add_argument("--compare-default", action="store_true",
                    help="also build, verify and time IREE's default pipeline")
     p.add_argument("--input", action="append", default=[], metavar="@X.npy",
@@ -286,18 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("apply", help="show a dispatch's IR right after the strategy ran")
-    _add_problem_args(p)
-    _add_strategy_args(p)
-    _add_tool_args(p)
-    p.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    p = _problem_command(sub, "apply", "show a dispatch's IR right after the strategy ran",
+                         output=True)
     p.set_defaults(fn=cmd_apply)
 
-    p = sub.add_parser("bench", help="time tdkit's strategies, IREE's default and peers "
-                       "(memory copy; attention: SGEMM, numpy, torch SDPA) side by side")
-    _add_problem_args(p)
-    _add_strategy_args(p)
-    _add_tool_args(p)
+    p = _problem_command(sub, "bench", "time tdkit's strategies, IREE's default and peers "
+                         "(memory bandwidth; attention: SGEMM, numpy, torch SDPA) side by side")
     p.add_argument("--no-peers", action="store_true", help="skip copy/SGEMM/numpy/torch")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
