@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tdkit-installed
 
-.PHONY: demo test lint bench smoke-full clean
+.PHONY: demo test lint bench bench-softmax bench-attention bench-memory smoke-full clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tdkit needs Python >= 3.11"'
@@ -25,11 +25,27 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## Benchmarks (not tests): the softmax strategy vs IREE's default and a memory copy.
-bench: $(STAMP)
-	$(BIN)/tdkit bench softmax --shape 512x1024
-	$(BIN)/tdkit bench softmax --shape 4096x4096
-	$(BIN)/tdkit bench softmax --shape 64x32768
+## Benchmarks (not tests). Softmax: strategy vs IREE's default and memory bandwidth.
+## Attention: flash and config vs IREE's default, torch SDPA (bench extra), numpy, SGEMM;
+## then peak memory of one call, flash vs the plain linalg chain.
+bench: bench-softmax bench-attention bench-memory
+
+bench-softmax: $(STAMP)
+	$(BIN)/tdkit bench softmax --shape 512x1024 --rounds 7
+	$(BIN)/tdkit bench softmax --shape 4096x4096 --rounds 7
+	$(BIN)/tdkit bench softmax --shape 64x32768 --rounds 7
+
+bench-attention: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/tdkit bench attention --shape 8x1024x1024x64
+	$(BIN)/tdkit bench attention --shape 2x4096x4096x64
+	$(BIN)/tdkit bench attention --shape 4x1024x1024x128
+	$(BIN)/tdkit bench attention --shape 8x1024x1024x64 --dtype bf16
+	$(BIN)/tdkit bench attention --shape 8x1024x1024x64 --dtype f16
+
+bench-memory: $(STAMP)
+	$(BIN)/tdkit bench attention --memory --strategy flash --shape 1x16384x16384x64
+	$(BIN)/tdkit bench attention --memory --strategy flash --shape 1x32768x32768x64
 
 smoke-full: $(STAMP)
 	$(BIN)/tdkit smoke --full

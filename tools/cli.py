@@ -130,10 +130,6 @@ def _emit(out: dict[str, Any], args: argparse.Namespace, human: str) -> int:
     return EXIT_OK if out.get("ok", True) else EXIT_FAILED
 
 
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def cmd_emit(args: argparse.Namespace) -> int:
     problem = _problem(args)
     strategy = _strategy(args, problem.kind)
@@ -235,6 +231,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not strategies:
         raise BadInputError(f"no tdkit strategy for {problem.kind} to benchmark")
     cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
+    if args.memory:
+        from tdkit.tools.memory import memory_bench, memory_table
+
+        if problem.kind != "attention":
+            raise BadInputError("--memory measures attention problems")
+        m = memory_bench(problem, strategies[0], cfg)
+        return _emit(m, args, memory_table(m))
     d = bench(problem, strategies, _knobs(args), form=args.form, cfg=cfg,
               with_peers=not args.no_peers)
     return _emit(d, args, bench_table(d))
@@ -299,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _problem_command(sub, "bench", "time tdkit's strategies, IREE's default and peers "
                          "(memory bandwidth; attention: SGEMM, numpy, torch SDPA) side by side")
     p.add_argument("--no-peers", action="store_true", help="skip copy/SGEMM/numpy/torch")
+    p.add_argument("--memory", action="store_true", help="attention: peak resident memory of "
+                   "one call, strategy vs IREE's default on the plain linalg chain")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.set_defaults(fn=cmd_bench)

@@ -259,6 +259,31 @@ def run_module(vmfb: Path, inputs: list[np.ndarray],
     return results
 
 
+# Runs argv as its only child and reports that child's peak resident set size on stderr.
+_PEAK_RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:])\n"
+    "kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "print(f'TDKIT_PEAK_RSS_KB={kb}', file=sys.stderr)\n"
+    "sys.exit(rc if rc >= 0 else 128 - rc)\n"
+)
+
+
+def peak_rss_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path,
+                    opts: RunOptions = RunOptions()) -> int:
+    """Run `vmfb` once in `iree-run-module` (outputs discarded) and return the peak resident
+    memory of that process in bytes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-c", _PEAK_RSS_WRAPPER, find_tool("iree-run-module"),
+            f"--device={opts.device}", f"--module={vmfb}", f"--function={opts.function}",
+            *_input_flags(inputs, workdir), "--output="]
+    proc = run_process(argv, timeout_s=opts.timeout_s, what="iree-run-module (peak memory)")
+    for line in reversed(proc.stderr.splitlines()):
+        if line.startswith("TDKIT_PEAK_RSS_KB="):
+            return int(line.split("=", 1)[1]) * 1024
+    raise ToolError("peak memory was not reported", argv=argv, stderr_tail=_tail(proc.stderr))
+
+
 @dataclass(frozen=True)
 class Timing:
     """Per-repetition wall times of one function, in milliseconds."""

@@ -1,0 +1,16 @@
+"""Peak-memory measurement: the flash strategy never materializes the M x K2 scores, the plain
+linalg chain built by IREE's default pipeline does."""
+
+from __future__ import annotations
+
+from tdkit.matchers.attention_problem import Attention
+from tdkit.tools.harness import HarnessConfig
+from tdkit.tools.memory import memory_bench
+
+
+def test_flash_adds_no_score_matrix_while_the_chain_does() -> None:
+    problem = Attention(batch=(1,), m=1536, k2=1536, d=64)
+    scores_mb = 1536 * 1536 * 4 / 2**20  # 9 MB of f32 scores
+    rows = memory_bench(problem, "flash", HarnessConfig())["builds"]
+    assert rows["default (chain)"]["added_mb"] > 0.8 * scores_mb, rows
+    assert rows["flash"]["added_mb"] < 0.2 * scores_mb, rows
