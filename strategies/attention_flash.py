@@ -59,7 +59,7 @@ from tdkit.matchers.attention import (
     predicate_name,
 )
 from tdkit.matchers.dtypes import DType
-from tdkit.strategies import iree_ops
+from tdkit.strategies import iree_ops, steps
 from tdkit.strategies.base import require
 from tdkit.strategies.library import LibraryEntry
 
@@ -268,17 +268,6 @@ def tile_keys(attention: ir.Value, dims: Dims, knobs: FlashKnobs) -> tuple[ir.Va
     return tiled.tiled_linalg_op, tiled.loops[0]
 
 
-def peel(for_loop: ir.Value) -> None:
-    """Peel the partial last iteration of the key loop so every key tile is static. On a loop
-    whose trip count divides evenly peeling fails by design; that failure is suppressed."""
-    for_type = transform.OperationType.get("scf.for")
-    seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], for_loop)
-    with ir.InsertionPoint(seq.body):
-        cast = transform.CastOp(for_type, seq.bodyTarget)
-        loop.LoopPeelOp(for_type, for_type, cast.result)
-        transform.YieldOp()
-
-
 def decompose(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None:
     """Decompose every online_attention of the func (full key tiles and the peeled remainder,
     each in its own `scf.for`) and, for the "mlanes" layout, interchange the pieces' loops
@@ -336,15 +325,6 @@ def interchange_mlanes(key_loop: ir.Value, pred: CodegenPredicate) -> list[ir.Va
             for name, g in zip(names, generics, strict=True) if name in perms]
 
 
-def cleanup(func: ir.Value) -> None:
-    """Canonicalize, fold tiling leftovers, then CSE."""
-    with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
-        structured.ApplyTilingCanonicalizationPatternsOp()
-        loop.ApplyForLoopCanonicalizationPatternsOp()
-        transform.ApplyCanonicalizationPatternsOp()
-    transform.ApplyCommonSubexpressionEliminationOp(func)
-
-
 def vectorize(func: ir.Value, knobs: FlashKnobs) -> ir.Value:
     """Vectorize every static linalg op of the func; returns the func handle.
 
@@ -381,7 +361,7 @@ def bufferize(func: ir.Value) -> ir.Value:
     with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
         structured.ApplyEraseUnnecessaryInputsPatternsOp()
     memref_func = iree_ops.bufferize(func)
-    cleanup(memref_func)
+    steps.cleanup(memref_func)
     return structured.HoistRedundantVectorTransfersOp(_any(), memref_func).transformed
 
 
@@ -481,10 +461,10 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         func, attention = distribute(func, attention, dims, knobs)
         attention = pad_rows(attention, dims, knobs, padding_values(pred))
         attention, key_loop = tile_keys(attention, dims, knobs)
-        peel(key_loop)
+        steps.peel_last_iteration(key_loop)
         fuse_mask_padding(func, pred)
         decompose(func, pred, knobs)
-        cleanup(func)
+        steps.cleanup(func)
         func = vectorize(func, knobs)
         func = bufferize(func)
         func = lower_vectors(func, knobs)

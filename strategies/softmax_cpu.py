@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 from iree.compiler import ir
 from iree.compiler.dialects import transform
-from iree.compiler.dialects.transform import loop, structured
+from iree.compiler.dialects.transform import structured
 from iree.compiler.dialects.transform import vector as tvector
 
-from tdkit.strategies import iree_ops
+from tdkit.strategies import iree_ops, steps
 from tdkit.strategies.base import KnobError, require
 from tdkit.strategies.library import LibraryEntry
 
@@ -327,27 +327,11 @@ def tile_normalize(h: DispatchHandles, t: Tiling) -> tuple[ir.Value, ir.Value]:
 
 
 def peel(loops: Sequence[ir.Value]) -> None:
-    """Peel the last, partial iteration of each loop so every tile has a static size.
-
-    Peeling a loop whose trip count divides evenly fails by design; that failure is
-    suppressed (the loop is already full tiles). A leftover dynamic tile is caught later by
-    `vectorize`, which asserts that no linalg op is left."""
+    """Peel the last, partial iteration of each loop so every tile has a static size. A
+    leftover dynamic tile is caught later by `vectorize`, which asserts that no linalg op is
+    left."""
     for lp in loops:
-        for_type = transform.OperationType.get("scf.for")
-        seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], lp)
-        with ir.InsertionPoint(seq.body):
-            cast = transform.CastOp(for_type, seq.bodyTarget)
-            loop.LoopPeelOp(for_type, for_type, cast.result)
-            transform.YieldOp()
-
-
-def cleanup(func: ir.Value) -> None:
-    """Canonicalize, fold tiling leftovers, then CSE."""
-    with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
-        structured.ApplyTilingCanonicalizationPatternsOp()
-        loop.ApplyForLoopCanonicalizationPatternsOp()
-        transform.ApplyCanonicalizationPatternsOp()
-    transform.ApplyCommonSubexpressionEliminationOp(func)
+        steps.peel_last_iteration(lp)
 
 
 def vectorize(func: ir.Value, t: Tiling,
@@ -427,13 +411,13 @@ def bufferize(func: ir.Value) -> ir.Value:
     with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
         structured.ApplyEraseUnnecessaryInputsPatternsOp()
     memref_func = iree_ops.bufferize(func)
-    cleanup(memref_func)  # folds loop-carried buffers that pad-dynamic-alloc cannot retype
+    steps.cleanup(memref_func)  # folds loop-carried buffers that pad-dynamic-alloc cannot retype
     # Dynamically sized stack buffers (accumulators of a partial column strip) get their
     # static upper bound; LLVMCPU refuses dynamic allocas.
     memref_func = transform.ApplyRegisteredPassOp(
         _any(), memref_func, "iree-codegen-pad-dynamic-alloc").result
     iree_ops.forall_to_workgroup(memref_func)
-    cleanup(memref_func)
+    steps.cleanup(memref_func)
     return memref_func
 
 
@@ -506,7 +490,7 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
         # reduction may stay a scalar loop (two once peeled), as in IREE's own pipeline.
         optional = ([] if form == FUSED or t.inner_reduction else
                     [(op, t.masked_reduction) for op in reds.partials])
-        cleanup(h.func)
+        steps.cleanup(h.func)
         func = vectorize(h.func, t, masked, optional, scalar_ok=0 if form == FUSED else 2,
                          children=t.inner_reduction)
         func = hoist_accumulators(func)
