@@ -17,7 +17,7 @@ LOAD_FAILURE = "Failed to load transform library"
 _EXPORT = re.compile(r"hal\.executable\.export public @([\w$.-]+)")
 _TRANSLATION = re.compile(r"translation_info = #iree_codegen\.translation_info<(.*?)>\s*[,}]")
 _SPEC = re.compile(r"codegen_spec = @([\w$.-]+)")
-_PIPELINE = re.compile(r"pipeline = (#[\w.]+<\w+>|#[\w.]+)")
+_PIPELINE = re.compile(r"pipeline = (#[\w.]+)(<\w+)?")
 # The marker a tdkit entry without a codegen spec leaves on the op it configured
 # (strategies.library.MARKER_ATTR), e.g. `tdkit.strategy = "tdkit_attention_config_b_f32"`.
 _MARKER = re.compile(r'tdkit\.strategy = "(tdkit_[\w$.-]+)"')
@@ -61,7 +61,9 @@ def dispatches(artifact: Artifact) -> list[DispatchInfo]:
                 strategy = marker.group(1)
             else:
                 pipe = _PIPELINE.search(info)
-                strategy = "default:" + (pipe.group(1) if pipe else "unknown")
+                pipeline = pipe.group(1) + (pipe.group(2) + ">" if pipe.group(2) else "") \
+                    if pipe else "unknown"
+                strategy = "default:" + pipeline
             found.append(DispatchInfo(name, strategy, text))
     return found
 

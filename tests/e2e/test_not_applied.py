@@ -72,3 +72,12 @@ def test_expected_count_mismatch(tmp_path: Path) -> None:
     art = compile_module(_softmax_payload(), tmp_path)
     with pytest.raises(NotAppliedError, match="expected 2 targeted"):
         check_applied(art, _is_softmax, expected=2)
+
+
+def test_default_dispatches_name_their_pipeline(tmp_path: Path) -> None:
+    from tdkit.tools.applied import dispatches
+
+    art = compile_module(_softmax_payload(), tmp_path)
+    (d,) = dispatches(art)
+    assert "softmax" in d.name and not d.by_tdkit
+    assert d.strategy.startswith("default:#iree_cpu.pipeline<") and d.strategy.endswith(">")
