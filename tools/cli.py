@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_problem_args(p: argparse.ArgumentParser, *, file_ok: bool = False) -> None:
-    what = "softmax, attention" + (", or a payload FILE.mlir" if file_ok else "")
+    what = "softmax, attention" + (", a payload FILE.mlir or an ONNX model" if file_ok else "")
     p.add_argument("problem", metavar="KIND" + ("|FILE" if file_ok else ""), help=what)
     p.add_argument("--shape", help="softmax: e.g. 512x1024; attention: [B...]xMxK2xD, "
                    "e.g. 2x12x128x128x64 = batch x heads x M x K2 x D")
@@ -165,7 +165,7 @@ def _run_table(d: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.problem.endswith(".mlir") or Path(args.problem).suffix == ".mlir":
+    if Path(args.problem).suffix in (".mlir", ".onnx"):
         return _run_file(args)
     problem = _problem(args)
     if args.input or args.output_dir or args.function:
@@ -188,14 +188,23 @@ def _run_file(args: argparse.Namespace) -> int:
     if strategies:
         _strategy(args, "")
     cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
-    res = run_file(path, strategies=strategies, inputs=args.input, function=args.function,
-                   output_dir=args.output_dir, cfg=cfg, timing=not args.no_time)
+    if path.suffix == ".onnx":
+        from tdkit.tools.modules import run_onnx
+
+        res = run_onnx(path, strategies=strategies, inputs=args.input,
+                       output_dir=args.output_dir, cfg=cfg, timing=not args.no_time)
+    else:
+        res = run_file(path, strategies=strategies, inputs=args.input, function=args.function,
+                       output_dir=args.output_dir, cfg=cfg, timing=not args.no_time)
     d = res.as_dict()
     human = [f"{path}  strategy={d['strategy']}  targeted dispatches: {d['targeted']}",
              "  dispatches: " + ", ".join(f"{x['name']} [{x['strategy']}]"
                                           for x in d["dispatches"]),
              f"  vs IREE default build: max_abs_err={d['max_abs_err']:.3g} "
              f"(tolerance {d['tolerance']:g})  {'OK' if d['ok'] else 'FAIL'}"]
+    if "onnxruntime_max_abs_err" in d:
+        human.append(f"  vs onnxruntime: max_abs_err={d['onnxruntime_max_abs_err']:.3g}  "
+                     f"{'OK' if d['onnxruntime_ok'] else 'FAIL'}")
     if d.get("speedup"):
         human.append(f"  time {d['time_ms']:.4f} ms vs default {d['default_time_ms']:.4f} ms "
                      f"-> {d['speedup']:.2f}x")

@@ -17,9 +17,9 @@ from tdkit.matchers.dtypes import TOLERANCES, DType
 from tdkit.strategies import registry
 from tdkit.strategies.base import KnobError
 from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
-from tdkit.tools.errors import BadInputError, NotAppliedError
+from tdkit.tools.errors import BadInputError, NotAppliedError, ToolError
 from tdkit.tools.harness import Build, HarnessConfig, compile_default, compile_linked, time_builds
-from tdkit.tools.toolchain import RunOptions, run_module
+from tdkit.tools.toolchain import RunOptions, import_onnx, run_module
 from tdkit.tools.verify import Verdict, compare
 
 _ELEMENT_TYPES: dict[str, np.dtype] = {
@@ -39,7 +39,20 @@ class Signature:
     outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
 
 
+_VTENSOR = re.compile(r"^!torch\.vtensor<\[([-\d,\s]*)\],\s*(\w+)>$")
+_TORCH_ELEMENTS = {"si8": "i8", "si16": "i16", "si32": "i32", "si64": "i64", "ui8": "i8"}
+
+
 def _tensor_spec(t: ir.Type, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    torch_type = _VTENSOR.match(str(t))
+    if torch_type:  # the torch dialect's value tensors (imported ONNX / torch models)
+        dims = tuple(int(d) for d in torch_type.group(1).split(",") if d.strip())
+        if any(d < 0 for d in dims):
+            raise BadInputError(f"{what} has dynamic shape {t}; give static shapes")
+        elem = _TORCH_ELEMENTS.get(torch_type.group(2), torch_type.group(2))
+        if elem not in _ELEMENT_TYPES:
+            raise BadInputError(f"{what} has unsupported element type {torch_type.group(2)}")
+        return dims, _ELEMENT_TYPES[elem]
     try:
         rt = ir.RankedTensorType(t)
     except ValueError:
@@ -143,10 +156,14 @@ class ModuleRun:
     verdicts: list[Verdict] = field(default_factory=list)
     targeted: list[DispatchInfo] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    inputs: list[np.ndarray] = field(default_factory=list, repr=False)
+    values: list[np.ndarray] = field(default_factory=list, repr=False)
+    onnxruntime: list[Verdict] | None = None  # outputs vs onnxruntime (ONNX models only)
 
     @property
     def ok(self) -> bool:
-        return self.main.applied and all(v.ok for v in self.verdicts)
+        return self.main.applied and all(v.ok for v in [*self.verdicts,
+                                                         *(self.onnxruntime or [])])
 
     def as_dict(self) -> dict[str, Any]:
         worst = max(self.verdicts, key=lambda v: v.max_abs_err / max(v.tolerance, 1e-30))
@@ -159,6 +176,11 @@ class ModuleRun:
             "outputs": [str(p) for p in self.outputs], "artifacts": str(self.main.artifact.dir),
             "notes": self.main.notes + self.default.notes,
         }
+        if self.onnxruntime is not None:
+            out["onnxruntime_max_abs_err"] = max(v.max_abs_err for v in self.onnxruntime)
+            out["onnxruntime_ok"] = all(v.ok for v in self.onnxruntime)
+            out["reason"] = out["reason"] or next(
+                (f"vs onnxruntime: {v.reason}" for v in self.onnxruntime if not v.ok), "")
         if self.main.timing and self.default.timing:
             out["time_ms"] = self.main.timing.median_ms
             out["default_time_ms"] = self.default.timing.median_ms
@@ -203,7 +225,7 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
     run_opts = RunOptions(function=sig.function)
     got = run_module(art.vmfb, arrays, specs, root / "tdkit" / "run", run_opts)
     want = run_module(dart.vmfb, arrays, specs, root / "default" / "run", run_opts)
-    result = ModuleRun(path, main, default, targeted=targeted)
+    result = ModuleRun(path, main, default, targeted=targeted, inputs=arrays, values=got)
     for g, w, (_, dtype) in zip(got, want, specs, strict=True):
         result.verdicts.append(compare(g, w.astype(np.float64), _tolerance(dtype)))
     out_dir = output_dir or root / "outputs"
@@ -216,3 +238,31 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
         time_builds([main, default], arrays, cfg, run_opts)
     return result
 
+
+
+def run_onnx(path: Path, *, strategies: list[str] | None, inputs: list[str],
+             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True) -> ModuleRun:
+    """Import an ONNX model with iree-import-onnx, run it like a payload file, and compare its
+    outputs with onnxruntime on the same inputs (when the `onnx` extra is installed)."""
+    out = cfg.root() / path.stem / "import"
+    try:
+        mlir = import_onnx(path, out / f"{path.stem}.mlir", timeout_s=cfg.compile.timeout_s)
+    except ToolError as err:
+        if err.missing:
+            raise
+        raise BadInputError(f"cannot import {path.name}: {err.one_line()}") from None
+    result = run_file(mlir, strategies=strategies, inputs=inputs, function=None,
+                      output_dir=output_dir, cfg=cfg, timing=timing)
+    try:
+        import onnxruntime
+    except ImportError:
+        result.main.notes.append("onnxruntime not installed (pip install '.[onnx]'): "
+                                 "checked against IREE's default build only")
+        return result
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feeds = {n: _saveable(a) for n, a in zip(names, result.inputs, strict=True)}
+    expected = session.run(None, feeds)
+    result.onnxruntime = [compare(got, np.asarray(want, dtype=np.float64), _tolerance(got.dtype))
+                          for got, want in zip(result.values, expected, strict=True)]
+    return result

@@ -194,6 +194,16 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
                     stderr=proc.stderr, configurations=configs, stdout=proc.stdout)
 
 
+def import_onnx(model: Path, output: Path, *, timeout_s: float = 600.0) -> Path:
+    """`iree-import-onnx model -o output`: the model as torch-dialect MLIR (needs the `onnx`
+    package beside iree-base-compiler)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    argv = [find_tool("iree-import-onnx"), str(model), "-o", str(output)]
+    (output.parent / "command.txt").write_text(shlex.join(argv) + "\n")
+    run_process(argv, timeout_s=timeout_s, what="iree-import-onnx")
+    return output
+
+
 # numpy dtype -> IREE element type name used in --input=SHAPExTYPE=@file.bin
 _IREE_TYPES: dict[np.dtype, str] = {
     np.dtype(np.float32): "f32",
