@@ -260,6 +260,16 @@ def cmd_smoke(args: argparse.Namespace) -> int:
                      junit=args.junit, as_json=args.json, cfg=cfg)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tdkit.tools.listing import inspect_file, inspect_table
+
+    strategies = [args.strategy] if args.strategy else None
+    if strategies:
+        _strategy(args, "")
+    d = inspect_file(Path(args.file), strategies=strategies, cfg=_config(args))
+    return _emit(d, args, inspect_table(d))
+
+
 def cmd_strategies(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -328,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="input seed")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(fn=cmd_smoke)
+
+    p = sub.add_parser("inspect", help="list the dispatches IREE forms from FILE.mlir|.onnx "
+                       "and the strategy each will get")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--strategy", help="only this family (default: all)")
+    _add_tool_args(p)
+    p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("strategies", help="list strategy families and their knobs")
     p.set_defaults(fn=cmd_strategies)

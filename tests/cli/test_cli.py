@@ -11,7 +11,7 @@ import pytest
 
 from tdkit.tools.cli import main
 
-SUBCOMMANDS = ("emit", "run", "apply", "bench", "smoke", "strategies")
+SUBCOMMANDS = ("emit", "run", "apply", "bench", "smoke", "inspect", "strategies")
 
 
 def _fails_cleanly(capsys: pytest.CaptureFixture[str], argv: list[str], code: int,

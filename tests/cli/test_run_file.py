@@ -70,3 +70,16 @@ def test_run_file_without_known_dispatch(tmp_path: Path,
     rc = main(["run", str(src), "--strategy", "softmax_cpu", "--no-time"])
     err = capsys.readouterr().err
     assert rc == 1 and "not applied" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_lists_dispatches_and_their_strategies(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "model.mlir"
+    src.write_text(MODULE)
+    assert main(["inspect", str(src), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    by_family = {r["targeted_by"]: r for r in d["dispatches"]}
+    assert set(by_family) == {"softmax_cpu", None}, d["dispatches"]
+    assert by_family["softmax_cpu"]["strategy"].startswith("tdkit_softmax_cpu_r2_d1")
+    assert by_family[None]["strategy"].startswith("default:")
+    assert not list(Path(d["artifacts"]).glob("*.vmfb")), "inspect must not build code"
