@@ -10,9 +10,9 @@ from typing import Any
 
 from tdkit.strategies import registry
 from tdkit.tools.applied import dispatches
-from tdkit.tools.errors import BadInputError, ToolError
+from tdkit.tools.errors import BadInputError
 from tdkit.tools.harness import HarnessConfig
-from tdkit.tools.toolchain import compile_module, import_onnx
+from tdkit.tools.toolchain import compile_module
 
 # Ops that say what a dispatch computes, in the configured executable IR.
 _ROOT_OPS = re.compile(r"\b(iree_linalg_ext\.(?!yield)\w+|linalg\.(?!yield|index|fill)\w+)")
@@ -24,14 +24,10 @@ def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig
     if not path.exists():
         raise BadInputError(f"no such file: {path}")
     root = cfg.root() / path.stem / "inspect"
+    from tdkit.tools.modules import import_model, read_signature
+
     if path.suffix == ".onnx":
-        try:
-            path = import_onnx(path, root / f"{path.stem}.mlir", timeout_s=cfg.compile.timeout_s)
-        except ToolError as err:
-            if err.missing:
-                raise
-            raise BadInputError(f"cannot import {path.name}: {err.one_line()}") from None
-    from tdkit.tools.modules import read_signature
+        path = import_model(path, root, cfg)
 
     text = path.read_text()
     read_signature(text, None)  # one clear error for malformed modules

@@ -240,17 +240,22 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
 
 
 
-def run_onnx(path: Path, *, strategies: list[str] | None, inputs: list[str],
-             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True) -> ModuleRun:
-    """Import an ONNX model with iree-import-onnx, run it like a payload file, and compare its
-    outputs with onnxruntime on the same inputs (when the `onnx` extra is installed)."""
-    out = cfg.root() / path.stem / "import"
+def import_model(path: Path, out_dir: Path, cfg: HarnessConfig) -> Path:
+    """Import an ONNX model to torch-dialect MLIR in `out_dir`; a model the importer rejects
+    is bad input (exit 2), a missing importer a missing tool."""
     try:
-        mlir = import_onnx(path, out / f"{path.stem}.mlir", timeout_s=cfg.compile.timeout_s)
+        return import_onnx(path, out_dir / f"{path.stem}.mlir", timeout_s=cfg.compile.timeout_s)
     except ToolError as err:
         if err.missing:
             raise
         raise BadInputError(f"cannot import {path.name}: {err.one_line()}") from None
+
+
+def run_onnx(path: Path, *, strategies: list[str] | None, inputs: list[str],
+             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True) -> ModuleRun:
+    """Import an ONNX model with iree-import-onnx, run it like a payload file, and compare its
+    outputs with onnxruntime on the same inputs (when the `onnx` extra is installed)."""
+    mlir = import_model(path, cfg.root() / path.stem / "import", cfg)
     result = run_file(mlir, strategies=strategies, inputs=inputs, function=None,
                       output_dir=output_dir, cfg=cfg, timing=timing)
     try:
