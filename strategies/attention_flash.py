@@ -16,7 +16,8 @@ returning the handles it made:
    accumulator, the running max and the running sum: online softmax); `peel` the last partial
    key tile, so every tile is static and no key needs masking;
 4. `decompose`: every online_attention into Q·Kᵀ, max/exp/sum pieces, rescale and P·V, and
-   `interchange` the pieces' loops for the chosen `layout` (below);
+   `interchange` the pieces' loops for the chosen `layout` (below); with "mlanes", `tile_values`
+   splits the rescale and P·V into `value_tile`-column tiles (N);
 5. `vectorize`; 6. `bufferize` (eliminate empty tensors first) and hoist loop-invariant
    transfers; 7. `lower_vectors`; annotate `no_pipeline`.
 
@@ -24,8 +25,10 @@ Layouts. "mlanes" (default) puts the query rows on the vector lanes: every decom
 interchanged so that the query-row loop is innermost and reductions are outermost. Q·Kᵀ becomes
 FMAs of broadcast K elements with rows of the (once transposed) scaled Q; the running max and
 sum are element-wise across vectors; P·V accumulates into an `N x rows` transposed accumulator
-with FMAs of broadcast V elements. No per-step transpose or horizontal reduction remains, and
-`rows = 16` fills an AVX-512 register. "rows" keeps IREE's decomposition layout (vectors along
+with FMAs of broadcast V elements, carried by the key loop as N / value_tile tiles that are
+rescaled and accumulated one after the other (so one tile, not the whole accumulator, is live
+in registers). No per-step transpose or horizontal reduction remains, and `rows = 16` fills an
+AVX-512 register. "rows" keeps IREE's decomposition layout (vectors along
 the keys: K is transposed every key step, the softmax reduces horizontally).
 
 Fully masked rows (every visible key masked with `finfo.min`): IREE's decomposition computes
@@ -94,6 +97,11 @@ class FlashKnobs:
         horizontally, which would undo "mlanes").
       exp2: use IREE's exp2 decomposition (mask scaled by log2(e)); False uses exp, which keeps
         `finfo.min` masks finite (fully masked rows stay correct).
+      value_tile: with layout "mlanes", split the accumulator rescale and P·V into tiles of
+        this many value columns (N), each rescaled and accumulated on its own, so the key
+        loop carries N / value_tile `value_tile x rows` vectors and LLVM keeps one tile in
+        registers at a time instead of spilling the whole `N x rows` accumulator; 0 = off.
+        Applied when it divides N and is smaller than N (`tiles_values`).
     """
 
     rows: int = 16
@@ -101,6 +109,7 @@ class FlashKnobs:
     layout: str = "mlanes"
     lowering: str = "transform"
     exp2: bool = False
+    value_tile: int = 16
 
     def check(self, problem: Any = None) -> None:
         """Raise KnobError with one sentence for knob values, or combinations with the
@@ -115,6 +124,9 @@ class FlashKnobs:
                 f"lowering must be one of {', '.join(LOWERINGS)}, got {self.lowering!r}")
         require(not (self.layout == "mlanes" and self.lowering == "iree"),
                 "layout mlanes needs lowering=transform (IREE's passes reduce horizontally)")
+        require(isinstance(self.value_tile, int) and not isinstance(self.value_tile, bool)
+                and (self.value_tile == 0 or _is_pow2(self.value_tile)),
+                f"value_tile must be 0 (off) or a power of two, got {self.value_tile!r}")
         require(_is_pow2(self.key_tile),
                 f"key_tile must be a power of two, got {self.key_tile}")
         require(self.key_tile <= 64, f"key_tile must be at most 64, got {self.key_tile}")
@@ -139,6 +151,10 @@ class FlashKnobs:
                 f"rows ({self.rows}) exceeds the query length M = {problem.m}")
         require(self.key_tile <= problem.k2,
                 f"key_tile ({self.key_tile}) exceeds the key length K2 = {problem.k2}")
+        require(self.value_tile == 0 or self.value_tile >= problem.value_dim
+                or problem.value_dim % self.value_tile == 0,
+                f"value_tile ({self.value_tile}) must divide the value dim N = "
+                f"{problem.value_dim} (partial value tiles are not supported)")
 
 
 def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
@@ -156,7 +172,8 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     """Fit the default knobs to a problem: rows and key_tile powers of two no larger than M and
     K2; key_tile 8 for head dims of 128 and more (measured: 94 vs 79 GF/s at D = 128, the
-    larger step spills the `N x rows` accumulator once per key); layout "rows" for bf16."""
+    larger step spills the `N x rows` accumulator once per key); layout "rows" for bf16;
+    value_tile 0 when it does not divide N."""
     rows, key_tile, layout = knobs.rows, knobs.key_tile, knobs.layout
     if max(problem.d, problem.value_dim) >= 128:
         key_tile = min(key_tile, 8)
@@ -169,7 +186,10 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
         rows //= 2
     while key_tile > problem.k2 and key_tile > 1:
         key_tile //= 2
-    return replace(knobs, rows=rows, key_tile=key_tile, layout=layout)
+    value_tile = knobs.value_tile
+    if value_tile and problem.value_dim % value_tile:
+        value_tile = 0
+    return replace(knobs, rows=rows, key_tile=key_tile, layout=layout, value_tile=value_tile)
 
 
 def _is_pow2(n: int) -> bool:
@@ -279,7 +299,9 @@ def decompose(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None
         key_loop = transform.GetParentOp(_any(), attention, op_name="scf.for").result
         iree_ops.decompose_aggregate_op(attention)
         if knobs.layout == "mlanes":
-            interchange_mlanes(key_loop, pred)
+            pieces = interchange_mlanes(key_loop, pred)
+            if tiles_values(pred, knobs):
+                tile_values(pieces[-1], pred, knobs)
         transform.YieldOp()
 
 
@@ -325,7 +347,51 @@ def interchange_mlanes(key_loop: ir.Value, pred: CodegenPredicate) -> list[ir.Va
             for name, g in zip(names, generics, strict=True) if name in perms]
 
 
-def vectorize(func: ir.Value, knobs: FlashKnobs) -> ir.Value:
+def tiles_values(pred: CodegenPredicate, knobs: FlashKnobs) -> bool:
+    """Whether P·V and the accumulator rescale are split into value-column tiles: layout
+    "mlanes", a `value_tile` dividing the predicate's exact N and smaller than it (a library
+    for any N, `pred.value_dim is None`, keeps the whole accumulator)."""
+    n, tile = pred.value_dim, knobs.value_tile
+    return (knobs.layout == "mlanes" and tile > 0 and n is not None and tile < n
+            and n % tile == 0)
+
+
+def tile_values(pv: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None:
+    """Tile P·V along N by `value_tile` and fuse its producers into the tiles, then fully
+    unroll the tile loop: each tile rescales its accumulator columns and accumulates P·V into
+    them, so the key loop carries N / value_tile accumulator vectors, one live at a time.
+
+    `transform.structured.fuse` is the one route found that fuses the rescale, which produces
+    P·V's *destination* (`fuse_into_containing_op` refuses it in an `scf.for`: "producer op use
+    by containing op cannot be fused by cloning"; fused into an `scf.forall`, `forall_to_for`
+    fails: "unsupported shared outputs"). Without `apply_cleanup` it also fuses (clones) the
+    score and softmax chain into every tile; CSE merges the copies after the unroll (measured:
+    same FMA count as without tiling). With `apply_cleanup = true` P·V's destination is not
+    rewired to the fused rescale (the rescale is dropped: wrong results)."""
+    sizes = ([0] if pred.batched else []) + [0, knobs.value_tile, 0]
+    fused = structured.FuseOp([_any()], pv, tile_sizes=sizes, apply_cleanup=False)
+    loop.LoopUnrollFullOp(fused.loops[0])
+
+
+def vectorize_key_loop_generics(func: ir.Value) -> None:
+    """Vectorize the generics of the key loops on their own, then fold the accumulator tiles'
+    `tensor.insert_slice`s into their (transposing) `vector.transfer_write`s. Left to
+    `vectorize_children_and_apply_patterns`, the insert_slices are vectorized as a
+    `vector.transpose` + identity write, which the subset hoisting then pairs with the
+    transposing read of a square tile (a wrong result)."""
+    loops = structured.MatchOp.match_op_names(func, ["scf.for"]).result
+    each = transform.ForeachOp([], [loops])
+    with ir.InsertionPoint(each.body):
+        generics = structured.MatchOp.match_op_names(each.body.arguments[0],
+                                                     ["linalg.generic"]).result
+        structured.VectorizeOp(generics)
+        transform.YieldOp()
+    with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
+        iree_ops.upstream_pattern("tensor.fold_tensor_subset_ops_into_vector_transfers")
+        transform.ApplyCanonicalizationPatternsOp()
+
+
+def vectorize(func: ir.Value, knobs: FlashKnobs, value_tiles: bool = False) -> ir.Value:
     """Vectorize every static linalg op of the func; returns the func handle.
 
     "mlanes": the vectorizer must keep each op in its interchanged iteration order, so its
@@ -334,6 +400,8 @@ def vectorize(func: ir.Value, knobs: FlashKnobs) -> ir.Value:
     carries it as an `N x rows` vector; only then are permuted transfers lowered and the
     loop-invariant parts (Q scaled and transposed) hoisted."""
     mlanes = knobs.layout == "mlanes"
+    if value_tiles:
+        vectorize_key_loop_generics(func)
     vectorized = structured.VectorizeChildrenAndApplyPatternsOp(
         func, disable_transfer_permutation_map_lowering_patterns=mlanes,
         disable_multi_reduction_to_contract_patterns=mlanes, vectorize_padding=True).result
@@ -465,7 +533,7 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         fuse_mask_padding(func, pred)
         decompose(func, pred, knobs)
         steps.cleanup(func)
-        func = vectorize(func, knobs)
+        func = vectorize(func, knobs, tiles_values(pred, knobs))
         func = bufferize(func)
         func = lower_vectors(func, knobs)
         iree_ops.annotate(func, "translation_info", iree_ops.translation_info_no_pipeline())

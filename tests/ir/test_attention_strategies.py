@@ -235,6 +235,44 @@ CHECK: transform.structured.interchange %[[G]]#10 iterator_interchange = [1, 2, 
 """)
 
 
+def test_flash_value_tiles_fuse_the_rescale_into_pv(filecheck) -> None:
+    # N = 64, value_tile = 16: P·V is tiled along N with its producers (the accumulator
+    # rescale) fused, the tile loop unrolled, and the key loops' generics vectorized before
+    # the rest, so the accumulator tiles' insert_slices fold into their transfer_writes.
+    text = flash_library(Attention((2,), 64, 64, 64))
+    filecheck(text, """
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
+CHECK: transform.iree.decompose_aggregate_op
+CHECK: %[[G:.*]]:10 = transform.split_handle
+CHECK: %[[PV:.*]] = transform.structured.interchange %[[G]]#9 iterator_interchange = [0, 2, 3, 1]
+CHECK-NEXT: %{{.*}}, %[[TILES:.*]] = transform.structured.fuse %[[PV]] tile_sizes [0, 0, 16, 0]
+CHECK-NEXT: transform.loop.unroll_full %[[TILES]]
+CHECK: %[[LOOPS:.*]] = transform.structured.match ops{["scf.for"]}
+CHECK: transform.foreach %[[LOOPS]]
+CHECK: %[[GEN:.*]] = transform.structured.match ops{["linalg.generic"]}
+CHECK-NEXT: transform.structured.vectorize %[[GEN]]
+CHECK: transform.apply_patterns.tensor.fold_tensor_subset_ops_into_vector_transfers
+CHECK: transform.structured.vectorize_children_and_apply_patterns
+""")
+
+
+@pytest.mark.parametrize(("problem", "knobs"), [
+    (Attention((2,), 64, 64, 64), {"value_tile": 0}),           # off
+    (Attention((2,), 64, 64, 16), {}),                          # N = value_tile: one tile
+    (Attention((2,), 64, 64, 64), {"layout": "rows", "rows": 8}),  # mlanes only
+])
+def test_flash_value_tiles_only_when_they_split_n(problem, knobs) -> None:
+    text = flash_library(problem, **knobs)
+    assert "transform.structured.fuse " not in text
+    assert "fold_tensor_subset_ops_into_vector_transfers" not in text
+
+
+def test_flash_library_for_any_payload_keeps_the_whole_accumulator() -> None:
+    # N unknown: no value tiles (a tile must divide N).
+    text = _library(attention_flash.library_entries(None, FlashKnobs()))
+    assert "transform.structured.fuse " not in text
+
+
 def test_flash_rows_layout_with_iree_lowering(filecheck) -> None:
     text = flash_library(Attention((4,), 128, 128, 64), rows=8, layout="rows", lowering="iree")
     filecheck(text, """
@@ -322,6 +360,9 @@ P64 = Attention((4,), 1024, 1024, 64)
     (FlashKnobs(rows=16), Attention((2,), 8, 300, 64), "rows \\(16\\) exceeds the query length"),
     (FlashKnobs(key_tile=32), Attention((2,), 64, 20, 64), "key_tile \\(32\\) exceeds"),
     (FlashKnobs(), Attention((2,), 64, 64, 512), "head dims up to 256"),
+    (FlashKnobs(value_tile=12), None, "value_tile must be 0 \\(off\\) or a power of two"),
+    (FlashKnobs(value_tile=32), Attention((2,), 64, 64, 64, n=48),
+     "value_tile \\(32\\) must divide the value dim N = 48"),
 ])
 def test_flash_check_rejects(knobs: FlashKnobs, problem, message: str) -> None:
     with pytest.raises(KnobError, match=message):
@@ -343,6 +384,7 @@ def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
     fitted.check(Attention((1,), 5, 3, 16))
     assert attention_flash.fit(P64, FlashKnobs()) == FlashKnobs()
     assert attention_flash.fit(Attention((2,), 64, 64, 128), FlashKnobs()).key_tile == 8
+    assert attention_flash.fit(Attention((2,), 64, 64, 64, n=40), FlashKnobs()).value_tile == 0
 
 
 @pytest.mark.parametrize(("knobs", "problem", "message"), [
