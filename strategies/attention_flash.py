@@ -173,7 +173,7 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     """Fit the default knobs to a problem: rows and key_tile powers of two no larger than M and
     K2; key_tile 8 for head dims of 128 and more (measured: 94 vs 79 GF/s at D = 128, the
     larger step spills the `N x rows` accumulator once per key); layout "rows" for bf16;
-    value_tile 0 when it does not divide N."""
+    value_tile 0 when it does not divide N, and for f16."""
     rows, key_tile, layout = knobs.rows, knobs.key_tile, knobs.layout
     if max(problem.d, problem.value_dim) >= 128:
         key_tile = min(key_tile, 8)
@@ -187,7 +187,9 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     while key_tile > problem.k2 and key_tile > 1:
         key_tile //= 2
     value_tile = knobs.value_tile
-    if value_tile and problem.value_dim % value_tile:
+    if value_tile and (problem.value_dim % value_tile or problem.dtype == DType.F16):
+        # f16 (one vcvtph2ps per broadcast K / V element) measured slower with value tiles:
+        # 95-107 vs 109-119 GF/s at 8x1024x1024x64 (LLVM frame 41 KiB vs 14 KiB).
         value_tile = 0
     return replace(knobs, rows=rows, key_tile=key_tile, layout=layout, value_tile=value_tile)
 

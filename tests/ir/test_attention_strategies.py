@@ -385,6 +385,8 @@ def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
     assert attention_flash.fit(P64, FlashKnobs()) == FlashKnobs()
     assert attention_flash.fit(Attention((2,), 64, 64, 128), FlashKnobs()).key_tile == 8
     assert attention_flash.fit(Attention((2,), 64, 64, 64, n=40), FlashKnobs()).value_tile == 0
+    f16 = Attention((2,), 64, 64, 64, dtype=DType.F16)
+    assert attention_flash.fit(f16, FlashKnobs()).value_tile == 0
 
 
 @pytest.mark.parametrize(("knobs", "problem", "message"), [
