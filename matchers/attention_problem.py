@@ -62,8 +62,7 @@ from iree.compiler.dialects import arith, func, linalg, tensor
 
 from tdkit.matchers.dtypes import DType
 from tdkit.matchers.payload import affine_map, empty, fill, generic, tensor_type
-
-TensorSpec = tuple[tuple[int, ...], DType]
+from tdkit.matchers.problems import TensorSpec
 
 # What each compiled (form, dtype) produced for fully masked rows (every visible key masked with
 # finfo(dtype).min), measured with iree-compile/iree-run-module 3.13.0 on llvm-cpu (host CPU),

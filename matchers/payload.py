@@ -57,21 +57,26 @@ def generic(
     return list(op.results)
 
 
-def stream_module(shape: Sequence[int], element: ir.Type) -> ir.Module:
-    """`@main(%x) -> -%x`: reads and writes each element once; a bandwidth ceiling for kernels
-    that must read their input and write their output once."""
+def negate_first_module(arg_types: Sequence[ir.RankedTensorType]) -> ir.Module:
+    """`@main(%x, ...) -> -%x`: reads and writes the first argument's elements once and ignores
+    the rest; a bandwidth ceiling, or a baseline with a kernel's inputs and output size."""
     from iree.compiler.dialects import arith, func
 
-    ttype = tensor_type(shape, element)
     module = ir.Module.create()
     with ir.InsertionPoint(module.body):
 
-        @func.FuncOp.from_py_func(ttype, name="main")
-        def main(x: ir.Value) -> ir.Value:
-            rank = len(shape)
+        @func.FuncOp.from_py_func(*arg_types, name="main")
+        def main(x: ir.Value, *_rest: ir.Value) -> ir.Value:
+            t = ir.RankedTensorType(x.type)
+            rank = t.rank
             ident = affine_map(rank, list(range(rank)))
-            (y,) = generic([x], [empty(shape, element)], [ident, ident], ["parallel"] * rank,
-                           lambda a, _o: [arith.NegFOp(a).result])
+            (y,) = generic([x], [empty(t.shape, t.element_type)], [ident, ident],
+                           ["parallel"] * rank, lambda a, _o: [arith.NegFOp(a).result])
             return y
 
     return module
+
+
+def stream_module(shape: Sequence[int], element: ir.Type) -> ir.Module:
+    """`@main(%x) -> -%x` over one tensor (see `negate_first_module`)."""
+    return negate_first_module([tensor_type(shape, element)])

@@ -22,7 +22,7 @@ from tdkit.matchers.problems import Problem
 from tdkit.strategies import registry
 from tdkit.strategies.base import KnobError
 from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
-from tdkit.tools.errors import BadInputError, TdkitError, ToolError
+from tdkit.tools.errors import BadInputError, ToolError
 from tdkit.tools.toolchain import (
     Artifact,
     CompileOptions,
@@ -248,5 +248,3 @@ def _slug(text: str) -> str:
     keep = [c if c.isalnum() or c in "-_." else "_" for c in text]
     return "".join(keep).strip("_")[:80]
 
-
-__all__ = ["Build", "HarnessConfig", "RunResult", "TdkitError", "run_problem", "rates"]

@@ -7,44 +7,29 @@ from __future__ import annotations
 from typing import Any
 
 from iree.compiler import ir
-from iree.compiler.dialects import arith, func
 
-from tdkit.matchers.payload import affine_map, empty, generic, tensor_type
+from tdkit.matchers.payload import negate_first_module, tensor_type
 from tdkit.strategies import registry
-from tdkit.tools.harness import HarnessConfig, build, payload_text, run_root
+from tdkit.tools.errors import BadInputError
+from tdkit.tools.harness import HarnessConfig, build, compile_default, payload_text, run_root
 from tdkit.tools.toolchain import peak_rss_module
 
 MB = 1 << 20
 
 
 def baseline_payload(problem: Any) -> str:
-    """`@main(q, k, v[, mask]) -> -q`-shaped output (B x M x N, N <= D: a slice of q negated):
-    the runtime, the inputs and the output, and no attention."""
+    """`@main(q, k, v[, mask]) -> -q`: the runtime, the inputs and an output of the attention's
+    size (needs N == D), and no attention."""
+    if problem.value_dim != problem.d:
+        raise BadInputError("the memory baseline needs value dim N == head dim D")
     with ir.Context(), ir.Location.unknown():
-        elem = problem.dtype.mlir_type()
         arg_types = [tensor_type(shape, dt.mlir_type()) for shape, dt in problem.input_specs()]
-        out_shape, _ = problem.output_spec()
-        module = ir.Module.create()
-        with ir.InsertionPoint(module.body):
-
-            @func.FuncOp.from_py_func(*arg_types, name="main")
-            def main(q: ir.Value, *_rest: ir.Value) -> ir.Value:
-                rank = len(out_shape)
-                ident = affine_map(rank, list(range(rank)))
-                (y,) = generic([q], [empty(out_shape, elem)], [ident, ident], ["parallel"] * rank,
-                               lambda a, _o: [arith.NegFOp(a).result])
-                return y
-
-        if problem.value_dim != problem.d:
-            raise ValueError("the memory baseline needs N == D")
-        return str(module)
+        return str(negate_first_module(arg_types))
 
 
 def memory_bench(problem: Any, strategy: str, cfg: HarnessConfig) -> dict[str, Any]:
     """Peak resident memory of one call for `strategy` (attention form), IREE's default on the
     plain chain, and the baseline; `added_mb` is each minus the baseline."""
-    from tdkit.tools.harness import compile_default
-
     root = run_root(problem, "memory", cfg)
     inputs = problem.make_inputs(cfg.seed)
     base_art, _ = compile_default(baseline_payload(problem), root / "baseline", cfg)
