@@ -114,6 +114,19 @@ def fit(problem: Any, knobs: ConfigKnobs) -> ConfigKnobs:
                    vector_cols=vector_cols)
 
 
+def space(problem: Any) -> dict[str, tuple[Any, ...]]:
+    """The knob ranges `tdkit tune` searches (`check` prunes tiles larger than the problem's
+    dims and vectors IREE rejects)."""
+    del problem
+    return {
+        "rows": (8, 16, 32, 64, 128, 256),
+        "value_cols": (0, 16, 32, 64),
+        "vector_rows": (1, 2, 4, 8, 16),
+        "vector_cols": (8, 16, 32, 64),
+        "key_tile": (1, 2, 4, 8, 16, 32),
+    }
+
+
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 

@@ -194,6 +194,21 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     return replace(knobs, rows=rows, key_tile=key_tile, layout=layout, value_tile=value_tile)
 
 
+def space(problem: Any) -> dict[str, tuple[Any, ...]]:
+    """The knob ranges `tdkit tune` searches for `problem` (`check` prunes what cannot work:
+    mlanes with IREE's lowering, mlanes rows above 32, frames over the stack budget, tiles
+    larger than M or K2, value tiles that do not divide N)."""
+    del problem  # the same ranges for every problem; `check` removes what does not fit
+    return {
+        "rows": (4, 8, 16, 32, 64),
+        "key_tile": (4, 8, 16, 32, 64),
+        "layout": LAYOUTS,
+        "lowering": LOWERINGS,
+        "exp2": (False, True),
+        "value_tile": (0, 8, 16, 32),
+    }
+
+
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 

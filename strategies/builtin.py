@@ -66,6 +66,7 @@ SOFTMAX_CPU = register(Family(
     targets=is_softmax_dispatch,
     check=_softmax_check,
     fit=_softmax_fit,
+    space=lambda problem: softmax_cpu.space(problem.shape, problem.axis),
     description="softmax on CPU: rows to workgroups, fused reductions, vectorized, no_pipeline",
 ))
 
@@ -83,6 +84,7 @@ FLASH = register(Family(
     targets=is_attention_dispatch,
     check=lambda problem, knobs: knobs.check(problem),
     fit=attention_flash.fit,
+    space=attention_flash.space,
     description="attention on CPU: query rows to workgroups, online-softmax key loop, "
                 "decomposed, vectorized, no_pipeline",
 ))
@@ -95,5 +97,6 @@ CONFIG = register(Family(
     targets=is_attention_dispatch,
     check=lambda problem, knobs: knobs.check(problem),
     fit=attention_config.fit,
+    space=attention_config.space,
     description="attention on CPU: tile sizes for IREE's LinalgExtTileAndVectorize pipeline",
 ))

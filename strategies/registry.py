@@ -37,6 +37,9 @@ class Family:
         default tile larger than the dim). Values the user sets are never fitted: they are
         checked, and rejected if invalid.
       description: one line for `--help` and listings.
+      space: problem -> {knob name: candidate values}: the declared search ranges `tdkit tune`
+        explores (knobs not listed keep their fitted defaults). Combinations are pruned by
+        `check` before anything compiles.
     """
 
     name: str
@@ -47,6 +50,7 @@ class Family:
     check: Callable[[Any, Any], None]
     description: str = ""
     fit: Callable[[Any, Any], Any] | None = None
+    space: Callable[[Any], dict[str, tuple[Any, ...]]] | None = None
 
     def parse_knobs(self, values: Mapping[str, str] | None = None, problem: Any = None) -> Any:
         """Knobs from `name=value` text pairs over the defaults (fitted to `problem`, if given);

@@ -111,6 +111,20 @@ class SoftmaxCpuKnobs:
         # mean "the whole dim" (a static tile, or a masked one).
 
 
+def space(shape: tuple[int, ...], dim: int) -> dict[str, tuple[int, ...]]:
+    """The knob ranges `tdkit tune` searches for a softmax of `shape` over `dim`: only the
+    knobs that shape's tiling reads (the others would only produce identical binaries)."""
+    rank = len(shape)
+    dim %= rank
+    row = {"reduction_tile": (16, 32, 64, 128, 256), "vector_width": (4, 8, 16, 32, 64)}
+    if rank == 1:
+        return {"rank1_chunk": (1024, 2048, 4096, 8192, 16384), **row}
+    if dim == rank - 1:
+        return {"rows_per_workgroup": (1, 2, 4, 8, 16, 32), **row}
+    return {"columns_per_workgroup": (32, 64, 128, 256), "column_width": (8, 16, 32, 64),
+            "outer_reduction_tile": (1, 2, 4, 8, 16)}
+
+
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 

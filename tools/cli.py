@@ -1,4 +1,4 @@
-"""The `tdkit` command line: emit, run, apply, bench, smoke, strategies.
+"""The `tdkit` command line: emit, run, apply, bench, tune, smoke, inspect, strategies.
 
 Thin by design: each subcommand parses arguments, calls the harness, prints a table or one
 JSON object. Every error is one line on stderr; exit 0 ok, 1 wrong numerics / strategy not
@@ -252,6 +252,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _emit(d, args, bench_table(d))
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tdkit.tools.tune import TuneConfig, parse_space, summary_table, tune
+
+    if Path(args.problem).suffix in (".mlir", ".onnx"):
+        raise BadInputError("tuning a payload file or ONNX model is not built yet; tune its "
+                            "softmax/attention problems with 'tdkit tune softmax|attention'")
+    problem = _problem(args)
+    if args.knob:
+        raise BadInputError("tune searches the knobs: give ranges with --space KNOB=V1,V2")
+    if args.strategy:
+        strategies = [_strategy(args, problem.kind)]
+        if strategies == [registry.DEFAULT]:
+            raise BadInputError("IREE's default pipeline has no knobs to tune")
+    else:
+        strategies = [f.name for f in registry.for_kind(problem.kind)]
+    if args.space and len(strategies) != 1:
+        raise BadInputError("--space needs one --strategy (knob names are per strategy)")
+    for name, value in (("--jobs", args.jobs), ("--baseline-every", args.baseline_every),
+                        ("--repetitions", args.repetitions)):
+        if value is not None and value <= 0:
+            raise BadInputError(f"{name} must be positive, got {value}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise BadInputError(f"--time-limit must be positive, got {args.time_limit}")
+    space = parse_space(registry.get(strategies[0]), args.space) if args.space else {}
+    tcfg = TuneConfig(search=args.search, budget=args.budget, time_limit_s=args.time_limit,
+                      jobs=args.jobs, seed=args.seed, db=args.db, executor=args.executor,
+                      address=args.address, space=space, baseline_every=args.baseline_every,
+                      timeout_factor=args.timeout_factor, min_timeout_s=args.min_timeout,
+                      repetitions=args.repetitions, confirm_rounds=args.confirm_rounds,
+                      progress=False if args.no_progress else None)
+    summaries = tune(problem, strategies, form=args.form, cfg=_config(args), tcfg=tcfg)
+    out = {"ok": all(s.best is not None for s in summaries),
+           "sweeps": [s.as_dict() for s in summaries]}
+    return _emit(out, args, summary_table(summaries))
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     from tdkit.tools.smoke import run_smoke
 
@@ -326,6 +362,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.set_defaults(fn=cmd_bench)
+
+    p = _problem_command(sub, "tune", "search a strategy's knobs: every candidate verified, "
+                         "faults recorded, results in a resumable SQLite database")
+    p.add_argument("--search", default="tpe", choices=("tpe", "random", "grid"),
+                   help="search algorithm (default tpe: optuna's TPE sampler)")
+    p.add_argument("--budget", type=int, help="candidates to evaluate, counting earlier runs of "
+                   "the same sweep in --db (default: 50; grid: the whole space)")
+    p.add_argument("--time-limit", type=float, metavar="S", help="start no candidate after S s")
+    p.add_argument("--jobs", type=int, help="parallel compiles (default: number of cores)")
+    p.add_argument("--db", type=Path, default=Path("tdkit-tune.db"),
+                   help="SQLite results file (default tdkit-tune.db); rerun to resume")
+    p.add_argument("--space", action="append", default=[], metavar="KNOB=V1,V2",
+                   help="replace a knob's declared range (repeatable)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local process pool (default) or a Ray cluster")
+    p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local one)")
+    p.add_argument("--baseline-every", type=int, default=16,
+                   help="re-measure IREE's default after this many benchmarks (default 16)")
+    p.add_argument("--timeout-factor", type=float, default=10.0,
+                   help="kill a compile/run after this many times the default's (default 10)")
+    p.add_argument("--min-timeout", type=float, default=30.0, metavar="S",
+                   help="but never before S seconds (default 30)")
+    p.add_argument("--repetitions", type=int, default=3, help="benchmark repetitions")
+    p.add_argument("--confirm-rounds", type=int, default=3, help="final side-by-side rounds "
+                   "of default, untuned defaults and best (0 = skip)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_tune)
 
     p = sub.add_parser("smoke", help="run the built-in problem x strategy x dtype matrix")
     level = p.add_mutually_exclusive_group()

@@ -28,14 +28,17 @@ class NotAppliedError(TdkitError):
 class ToolError(TdkitError):
     """An `iree-*` process failed, crashed, hung, or could not be found.
 
-    Carries the command, the exit status, the tail of stderr and a one-line repro."""
+    Carries the command, the exit status, the tail of stderr and a one-line repro. `kind` says
+    how it failed: "failed" (non-zero exit or bad output), "crash" (killed by a signal),
+    "timeout" (killed after its time limit) or "missing" (tool not found)."""
 
     exit_code = EXIT_FAILED
 
     def __init__(self, summary: str, *, argv: list[str], returncode: int | None = None,
                  stderr_tail: str = "", repro: str = "", missing: bool = False,
-                 stderr: str = "") -> None:
+                 stderr: str = "", kind: str = "failed") -> None:
         self.summary = summary
+        self.kind = "missing" if missing else kind
         self.argv = argv
         self.returncode = returncode
         self.stderr_tail = stderr_tail

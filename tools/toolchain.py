@@ -27,7 +27,7 @@ import numpy as np
 
 from tdkit.tools.errors import ToolError
 
-COMPILER_ENV = "TDKIT_IREE_COMPILE"
+COMPILER_ENV = "TDKIT_IREE_COMPILE"  # == tool_env("iree-compile")
 STDERR_TAIL_LINES = 30
 
 # Flags that select a target device, per target name.
@@ -90,11 +90,18 @@ def compile_argv(compiler: str, source: Path, output: Path, opts: CompileOptions
     return argv
 
 
+def tool_env(name: str) -> str:
+    """The environment variable that overrides tool `name`: iree-run-module ->
+    TDKIT_IREE_RUN_MODULE (iree-compile -> TDKIT_IREE_COMPILE)."""
+    return "TDKIT_" + name.upper().replace("-", "_")
+
+
 def find_tool(name: str, override: str | None = None) -> str:
-    """Path of an IREE tool: `override`, then $TDKIT_IREE_COMPILE (iree-compile only), then the
-    tool installed beside this Python (the venv's bin/), then PATH."""
-    if override is None and name == "iree-compile":
-        override = os.environ.get(COMPILER_ENV) or None
+    """Path of an IREE tool: `override`, then $TDKIT_<NAME> (e.g. $TDKIT_IREE_COMPILE,
+    $TDKIT_IREE_BENCHMARK_MODULE: a local IREE build, or a wrapper), then the tool installed
+    beside this Python (the venv's bin/), then PATH."""
+    if override is None:
+        override = os.environ.get(tool_env(name)) or None
     if override:
         found = shutil.which(override)
         if found is None:
@@ -131,11 +138,12 @@ def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = ""
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise ToolError(f"{what} timed out after {timeout_s:g} s", argv=argv,
-                        stderr_tail=_tail(err), repro=repro) from None
+                        stderr_tail=_tail(err), repro=repro, stderr=err,
+                        kind="timeout") from None
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
         raise ToolError(f"{what} crashed with {sig}", argv=argv, returncode=proc.returncode,
-                        stderr_tail=_tail(err), repro=repro, stderr=err)
+                        stderr_tail=_tail(err), repro=repro, stderr=err, kind="crash")
     if proc.returncode != 0:
         raise ToolError(f"{what} failed (exit {proc.returncode})", argv=argv,
                         returncode=proc.returncode, stderr_tail=_tail(err), repro=repro,
@@ -332,3 +340,19 @@ def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
         raise ToolError("iree-benchmark-module reported no timings", argv=argv,
                         stderr_tail=_tail(proc.stderr))
     return Timing(samples)
+
+
+def tool_versions(compiler: str | None = None) -> str:
+    """One line naming the compiler (`iree-compile --version`) and runtime versions: results
+    measured with other tools are not comparable, so sweeps record it with every row."""
+    argv = [find_tool("iree-compile", compiler), "--version"]
+    proc = run_process(argv, timeout_s=60, what="iree-compile --version")
+    compiler_line = next((ln.strip() for ln in proc.stdout.splitlines()
+                          if "compiler version" in ln), proc.stdout.strip()[:120])
+    try:
+        from importlib.metadata import version
+
+        runtime = version("iree-base-runtime")
+    except Exception:  # noqa: BLE001  (a local runtime build has no distribution metadata)
+        runtime = "unknown"
+    return f"{compiler_line}; iree-base-runtime {runtime}"

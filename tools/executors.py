@@ -1,0 +1,73 @@
+"""Where a sweep's work runs: a local thread pool (default) or a Ray cluster.
+
+An executor builds candidates in parallel (`build`: compile + verify, as many at once as it has
+workers) and measures them one at a time per machine (`measure`), so timings never share the
+cores with a compile or another benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Protocol
+
+from tdkit.tools.errors import BadInputError
+from tdkit.tools.tune_tasks import (
+    BuildJob,
+    BuildOutcome,
+    MeasureOutcome,
+    SweepContext,
+    build_candidate,
+    measure_candidate,
+)
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    name: str
+    workers: int
+
+    def build(self, jobs: list[BuildJob]) -> Iterator[BuildOutcome]: ...
+
+    def measure(self, key: str, vmfb: Path) -> MeasureOutcome: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Compiles in a pool of `jobs` threads (each waits on its own iree-compile process);
+    measures in the calling thread after the pool is idle."""
+
+    name = "local"
+
+    def __init__(self, ctx: SweepContext, jobs: int | None = None) -> None:
+        self.ctx = ctx
+        self.workers = max(1, jobs or os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tdkit-c")
+
+    def build(self, jobs: list[BuildJob]) -> Iterator[BuildOutcome]:
+        futures = [self._pool.submit(build_candidate, self.ctx, job) for job in jobs]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+    def measure(self, key: str, vmfb: Path) -> MeasureOutcome:
+        return measure_candidate(self.ctx, key, vmfb)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_executor(name: str, ctx: SweepContext, *, jobs: int | None = None,
+                  address: str | None = None, workdir: Path | None = None) -> Executor:
+    if name == "local":
+        if address:
+            raise BadInputError("--address needs --executor ray")
+        return LocalExecutor(ctx, jobs)
+    if name == "ray":
+        from tdkit.tools.ray_executor import RayExecutor
+
+        return RayExecutor(ctx, jobs=jobs, address=address, workdir=workdir)
+    raise BadInputError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")

@@ -1,0 +1,603 @@
+"""`tdkit tune`: search a strategy's knob space for a problem: verified, fault-tolerant, resumable.
+
+A sweep: measure IREE's default pipeline (compile time and run time set the timeouts); then, in
+rounds, ask the search for new points, prune the ones the knobs' `check()` rejects, skip the
+ones whose strategy text an earlier candidate already had, compile and verify the rest in
+parallel, and time the verified ones one at a time (a binary identical to one already timed is
+not timed again), re-measuring the default every few benchmarks. Every outcome, failures
+included, is a committed database row before the next candidate is timed, so a killed sweep
+rerun with the same command picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tdkit.matchers.dtypes import TOLERANCES
+from tdkit.strategies import registry
+from tdkit.strategies.base import KnobError
+from tdkit.tools import tunedb
+from tdkit.tools.errors import BadInputError
+from tdkit.tools.executors import Executor, make_executor
+from tdkit.tools.harness import HarnessConfig, payload_text
+from tdkit.tools.search import (
+    SEARCHES,
+    Point,
+    Space,
+    in_space,
+    make_searcher,
+    point_key,
+    space_size,
+)
+from tdkit.tools.toolchain import tool_versions
+from tdkit.tools.tune_tasks import (
+    BuildJob,
+    BuildOutcome,
+    SweepContext,
+    build_candidate,
+    measure_candidate,
+)
+from tdkit.tools.tunedb import Candidate, TuneDB, canonical_knobs
+
+DEFAULT_BUDGET = 50
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How a sweep searches, measures and where it records.
+
+    Attributes:
+      search: "tpe" (optuna, default), "random" or "grid".
+      budget: candidates to evaluate (pruned points do not count; earlier rows of the same
+        sweep in the database do); None = the whole space for grid, 50 otherwise.
+      time_limit_s: stop starting new candidates after this many seconds.
+      jobs: parallel compiles (default: the number of cores).
+      space: overrides of the declared knob ranges, {knob: values}.
+      baseline_every: re-measure IREE's default after this many benchmarks.
+      timeout_factor, min_timeout_s: a compile is killed after max(min_timeout_s,
+        timeout_factor x the default's compile time); a run or benchmark after
+        max(min_timeout_s, timeout_factor x the default's benchmark time).
+      confirm_rounds: at the end, rounds timing IREE's default, the untuned defaults and the
+        best candidate side by side (0 = skip).
+      progress: live progress bar (None: when stderr is a terminal).
+    """
+
+    search: str = "tpe"
+    budget: int | None = None
+    time_limit_s: float | None = None
+    jobs: int | None = None
+    seed: int = 0
+    db: Path = Path("tdkit-tune.db")
+    executor: str = "local"
+    address: str | None = None
+    space: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    baseline_every: int = 16
+    timeout_factor: float = 10.0
+    min_timeout_s: float = 30.0
+    repetitions: int = 3
+    min_time_s: float = 0.05
+    confirm_rounds: int = 3
+    progress: bool | None = None
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did, for the table, `--json` and the closing report."""
+
+    problem: str
+    strategy: str
+    db: Path
+    search: str
+    space_size: int
+    budget: int
+    counts: dict[str, int] = field(default_factory=dict)  # this run, by status
+    evaluated: int = 0  # candidates of this sweep in the database (all runs)
+    new: int = 0  # candidates evaluated by this run
+    wall_s: float = 0.0
+    default_ms: float | None = None
+    default_compile_s: float | None = None
+    untuned_ms: float | None = None
+    best: Candidate | None = None
+    stopped: str = ""
+    confirmed: dict[str, float] = field(default_factory=dict)  # ms, timed side by side at the end
+
+    @property
+    def verified_per_minute(self) -> float:
+        done = self.counts.get(tunedb.OK, 0) + self.counts.get(tunedb.DUPLICATE, 0)
+        return 60.0 * done / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        best = self.best
+        failed = sum(self.counts.get(s, 0) for s in tunedb.FAILURES)
+        return {
+            "ok": best is not None, "problem": self.problem, "strategy": self.strategy,
+            "db": str(self.db), "search": self.search, "space_size": self.space_size,
+            "budget": self.budget, "evaluated": self.evaluated, "new": self.new,
+            "counts": self.counts, "pruned": self.counts.get(tunedb.PRUNED, 0),
+            "duplicates": self.counts.get(tunedb.DUPLICATE, 0), "failed": failed,
+            "wall_s": self.wall_s, "verified_per_minute": self.verified_per_minute,
+            "default_ms": self.default_ms, "untuned_ms": self.untuned_ms,
+            "best_ms": best.time_ms if best else None,
+            "best_knobs": best.knob_values if best else None,
+            "best_id": best.id if best else None,
+            "speedup_vs_default": (self.default_ms / best.time_ms
+                                   if best and self.default_ms else None),
+            "speedup_vs_untuned": (self.untuned_ms / best.time_ms
+                                   if best and self.untuned_ms else None),
+            "stopped": self.stopped,
+            "confirmed_ms": self.confirmed,
+            "confirmed_speedup_vs_default": _ratio(self.confirmed, "default", "best"),
+            "confirmed_speedup_vs_untuned": _ratio(self.confirmed, "untuned", "best"),
+        }
+
+
+def _ratio(ms: dict[str, float], slow: str, fast: str) -> float | None:
+    return ms[slow] / ms[fast] if slow in ms and fast in ms else None
+
+
+# --------------------------------------------------------------------------- problems as rows
+
+def problem_record(problem: Any, form: str) -> dict[str, Any]:
+    """Enough to rebuild `problem` (see `problem_from_record`)."""
+    fields_ = {f.name: getattr(problem, f.name) for f in dataclasses.fields(problem)}
+    fields_["dtype"] = str(problem.dtype)
+    return {"kind": problem.kind, "form": form, "fields": fields_}
+
+
+def problem_from_record(record: dict[str, Any]) -> tuple[Any, str]:
+    from tdkit.matchers.attention_problem import Attention
+    from tdkit.matchers.problems import Softmax
+
+    kinds = {"softmax": Softmax, "attention": Attention}
+    values = dict(record["fields"])
+    for name in ("shape", "batch"):
+        if name in values:
+            values[name] = tuple(values[name])
+    return kinds[record["kind"]](**values), record["form"]
+
+
+def problem_key(problem: Any, form: str, cfg: HarnessConfig) -> str:
+    return f"{problem.label} form={form} cpu={cfg.compile.cpu}"
+
+
+# --------------------------------------------------------------------------- space
+
+def sweep_space(family: registry.Family, problem: Any,
+                overrides: dict[str, tuple[Any, ...]]) -> Space:
+    """The family's declared ranges for `problem`, with `overrides` (parsed values) replacing
+    or adding knobs."""
+    if family.space is None:
+        raise BadInputError(f"strategy {family.name} declares no knob space to tune")
+    space = dict(family.space(problem))
+    known = {f.name for f in dataclasses.fields(family.knobs)}
+    for name, values in overrides.items():
+        if name not in known:
+            raise BadInputError(f"unknown knob {name!r} in --space for strategy {family.name}; "
+                                f"known knobs: {', '.join(sorted(known))}")
+        if not values:
+            raise BadInputError(f"--space {name}= lists no values")
+        space[name] = tuple(dict.fromkeys(values))
+    return space
+
+
+def parse_space(family: registry.Family, items: list[str]) -> dict[str, tuple[Any, ...]]:
+    """`--space rows=8,16,32` items -> {knob: parsed values} (typed like the knob)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise BadInputError(f"bad --space {item!r}: expected KNOB=V1,V2,...")
+        name = name.strip()
+        try:
+            parsed = [getattr(family.parse_knobs({name: v.strip()}), name)
+                      for v in text.split(",") if v.strip()]
+        except KnobError as err:
+            raise BadInputError(f"bad --space {item!r}: {err}") from None
+        out[name] = tuple(parsed)
+    return out
+
+
+# --------------------------------------------------------------------------- the sweep
+
+class Sweep:
+    """One problem x one strategy family, searched until the budget, the time limit or the
+    space runs out."""
+
+    def __init__(self, problem: Any, strategy: str, form: str, cfg: HarnessConfig,
+                 tcfg: TuneConfig) -> None:
+        if tcfg.search not in SEARCHES:
+            raise BadInputError(f"unknown search {tcfg.search!r}; expected one of "
+                                f"{', '.join(SEARCHES)}")
+        self.problem, self.form, self.cfg, self.tcfg = problem, form, cfg, tcfg
+        self.family = registry.get(strategy)
+        if problem.kind not in self.family.kinds:
+            raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems")
+        self.space = sweep_space(self.family, problem, tcfg.space)
+        self.defaults = self.family.parse_knobs({}, problem)
+        self.key = problem_key(problem, form, cfg)
+        self.record = json.dumps(problem_record(problem, form), sort_keys=True)
+        self.session = uuid.uuid4().hex[:12]
+        size = space_size(self.space)
+        if tcfg.budget is not None and tcfg.budget <= 0:
+            raise BadInputError(f"--budget must be positive, got {tcfg.budget}")
+        self.budget = tcfg.budget or (size + 1 if tcfg.search == "grid" else DEFAULT_BUDGET)
+        self.summary = SweepSummary(self.key, strategy, tcfg.db, tcfg.search, size, self.budget)
+        self.root = cfg.root() / "tune" / _slug(self.key) / strategy
+        self._measured = 0
+        self._baseline_ms: float | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def knobs_for(self, point: Point) -> Any:
+        return dataclasses.replace(self.defaults, **point)
+
+    def point_of(self, knobs: Any) -> Point:
+        return {k: getattr(knobs, k) for k in self.space}
+
+    def full_key(self, knobs: Any) -> str:
+        return canonical_knobs(dataclasses.asdict(knobs))
+
+    def _row(self, knobs: Any, status: str, **kw: Any) -> Candidate:
+        return Candidate(problem=self.key, problem_json=self.record,
+                         strategy=self.family.name, knobs=self.full_key(knobs), status=status,
+                         tool_versions=self.versions, session=self.session, **kw)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> SweepSummary:
+        start = time.monotonic()
+        self.versions = tool_versions(self.cfg.compiler)
+        inputs = self.problem.make_inputs(self.cfg.seed)
+        expected = self.problem.reference(inputs)
+        shape, dtype = self.problem.output_spec()
+        base_ctx = SweepContext(
+            payload=payload_text(self.problem, self.form), inputs=inputs, expected=expected,
+            output_shape=shape, output_dtype=dtype.numpy, tolerance=TOLERANCES[dtype],
+            compile=self.cfg.compile, compiler=self.cfg.compiler, family=None,
+            repetitions=self.tcfg.repetitions, min_time_s=self.tcfg.min_time_s)
+        with TuneDB(self.tcfg.db) as db:
+            self.db = db
+            baseline = self._build_baseline(base_ctx)
+            self._baseline_vmfb = baseline.vmfb
+            self._measure_baseline(None, base_ctx)
+            ctx = dataclasses.replace(
+                base_ctx, family=self.family.name,
+                compile=dataclasses.replace(self.cfg.compile,
+                                            timeout_s=self._timeout(baseline.compile_s or 0)),
+                run_timeout_s=self.run_timeout)
+            executor = make_executor(self.tcfg.executor, ctx, jobs=self.tcfg.jobs,
+                                     address=self.tcfg.address, workdir=self.root)
+            try:
+                self._search(executor, start)
+                self.summary.best = db.best(self.key, self.family.name, self.versions)
+                self._confirm(executor)
+            finally:
+                executor.close()
+            self.summary.evaluated = self._evaluated()
+        self.summary.wall_s = time.monotonic() - start
+        return self.summary
+
+    def _confirm(self, executor: Executor) -> None:
+        """Time IREE's default, the untuned defaults and the best candidate side by side
+        (interleaved rounds), so the final speedups come from one stretch of machine time."""
+        best = self.summary.best
+        untuned = self.db.find(self.key, self.family.name, self.full_key(self.defaults),
+                               self.versions)
+        if best is None or not best.artifacts or self.tcfg.confirm_rounds <= 0:
+            return
+        builds = {"default": self._baseline_vmfb, "best": Path(best.artifacts) / "module.vmfb"}
+        if untuned is not None and untuned.verified and untuned.artifacts and \
+                untuned.id != best.id:
+            builds["untuned"] = Path(untuned.artifacts) / "module.vmfb"
+        samples: dict[str, list[float]] = {k: [] for k in builds}
+        for _ in range(self.tcfg.confirm_rounds):
+            for name, vmfb in builds.items():
+                if vmfb is None or not vmfb.exists():
+                    return
+                res = executor.measure(name, vmfb)
+                if res.status != tunedb.OK:
+                    return
+                samples[name].extend(res.samples_ms)
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        if untuned is not None and untuned.id == best.id:
+            med["untuned"] = med["best"]
+        self.summary.confirmed = med
+
+    def _timeout(self, seconds: float) -> float:
+        return max(self.tcfg.min_timeout_s, self.tcfg.timeout_factor * seconds)
+
+    def _build_baseline(self, ctx: SweepContext) -> BuildOutcome:
+        out = build_candidate(ctx, BuildJob("default", {}, None, self.root / "default"))
+        if out.vmfb is None:
+            raise BadInputError(f"IREE's default pipeline failed on {self.key}, so there is no "
+                                f"baseline to tune against: {out.reason}")
+        self.summary.default_compile_s = out.compile_s
+        self._baseline_ok = out.status == tunedb.OK
+        return out
+
+    def _measure_baseline(self, executor: Executor | None, ctx: SweepContext | None = None
+                          ) -> None:
+        """Time IREE's default build (here, the first time: its time sets the run timeout;
+        later on the executor, where candidates are timed) and make it the current baseline."""
+        begin = time.monotonic()
+        assert self._baseline_vmfb is not None
+        if executor is None:
+            assert ctx is not None
+            res = measure_candidate(ctx, "default", self._baseline_vmfb)
+        else:
+            res = executor.measure("default", self._baseline_vmfb)
+        if res.status != tunedb.OK:
+            raise BadInputError(f"timing IREE's default build of {self.key} failed: "
+                                f"{res.reason}")
+        wall = time.monotonic() - begin
+        if self._baseline_ms is None:
+            self.run_timeout = self._timeout(wall)
+        self._baseline_ms = self.db.add_baseline(self.key, self.versions, list(res.samples_ms),
+                                                 self.summary.default_compile_s,
+                                                 self._baseline_ok, self.session)
+        self.summary.default_ms = self._baseline_ms
+
+    def _evaluated(self) -> int:
+        """Candidates of this sweep (same problem, strategy, tools, in the current space and
+        fixed knobs) in the database, pruned ones excluded."""
+        return sum(1 for row in self._rows() if row.status != tunedb.PRUNED)
+
+    def _rows(self) -> list[Candidate]:
+        rows = self.db.candidates(self.key, self.family.name, self.versions)
+        mine = []
+        for row in rows:
+            values = row.knob_values
+            try:
+                knobs = self.knobs_for({k: values[k] for k in self.space})
+            except (KeyError, TypeError):
+                continue
+            if self.full_key(knobs) == row.knobs or row.knobs == self.full_key(self.defaults):
+                mine.append(row)
+        return mine
+
+    def _search(self, executor: Executor, start: float) -> None:
+        searcher = make_searcher(self.tcfg.search, self.space, self.tcfg.seed)
+        by_key: dict[str, Candidate] = {}
+        self._by_strategy: dict[str, Candidate] = {}
+        self._by_binary: dict[str, Candidate] = {}
+        for row in self.db.candidates(self.key, self.family.name, self.versions):
+            by_key[row.knobs] = row
+            self._remember(row)
+        for row in self._rows():
+            point = {k: row.knob_values[k] for k in self.space}
+            if in_space(point, self.space):
+                searcher.observe(point, row.time_ms if row.verified else None)
+        evaluated = self._evaluated()
+        untuned = by_key.get(self.full_key(self.defaults))
+        bar = _progress(self.budget, evaluated, self.family.name, self.tcfg.progress)
+        self._bar = bar
+        queue: list[Any] = [] if untuned else [self.defaults]
+        searcher.seen.add(point_key(self.point_of(self.defaults)))
+        deadline = start + self.tcfg.time_limit_s if self.tcfg.time_limit_s else None
+        try:
+            while evaluated < self.budget:
+                if deadline and time.monotonic() >= deadline:
+                    self.summary.stopped = "time limit"
+                    break
+                batch: list[tuple[BuildJob, Any, str]] = []
+                room = min(self.budget - evaluated, max(2, 2 * executor.workers))
+                while len(batch) < room:
+                    if queue:
+                        knobs = queue.pop(0)
+                    else:
+                        point = searcher.ask()
+                        if point is None:
+                            break
+                        knobs = self.knobs_for(point)
+                    key = self.full_key(knobs)
+                    if any(job.key == key for job, _, _ in batch):
+                        continue
+                    if key in by_key:
+                        searcher.tell(self.point_of(knobs), _value(by_key[key]))
+                        continue
+                    job = self._prepare(knobs, key, by_key, searcher)
+                    if job is None:
+                        evaluated += by_key[key].status != tunedb.PRUNED
+                        continue
+                    batch.append((job, knobs, job.library))
+                if not batch:
+                    if evaluated < self.budget:
+                        self.summary.stopped = "space exhausted"
+                    break
+                evaluated += self._evaluate(batch, executor, searcher, by_key, deadline)
+        finally:
+            bar.close()
+            self.summary.untuned_ms = _value(by_key.get(self.full_key(self.defaults)))
+
+    def _prepare(self, knobs: Any, key: str, by_key: dict[str, Candidate],
+                 searcher: Any) -> BuildJob | None:
+        """Prune invalid knobs and strategies an earlier candidate had; None if recorded."""
+        point = self.point_of(knobs)
+        try:
+            self.family.check(self.problem, knobs)
+            library = registry.library_text(self.family.entries(self.problem, knobs))
+        except KnobError as err:
+            self._record(by_key, self._row(knobs, tunedb.PRUNED, reason=str(err)))
+            searcher.tell(point, None)
+            return None
+        digest = hashlib.sha256(library.encode()).hexdigest()
+        same = self._by_strategy.get(digest)
+        if same is not None:
+            row = self._copy(knobs, same, strategy_hash=digest,
+                             reason=f"same strategy text as candidate {same.id}")
+            self._record(by_key, row)
+            searcher.tell(point, _value(row))
+            return None
+        return BuildJob(key, dataclasses.asdict(knobs), library,
+                        self.root / hashlib.sha1(key.encode()).hexdigest()[:12])
+
+    def _evaluate(self, batch: list[tuple[BuildJob, Any, str]], executor: Executor,
+                  searcher: Any, by_key: dict[str, Candidate], deadline: float | None) -> int:
+        """Build a batch in parallel, then time its verified candidates one at a time."""
+        info = {job.key: (knobs, library) for job, knobs, library in batch}
+        dirs = {job.key: job.out_dir for job, _, _ in batch}
+        verified: list[BuildOutcome] = []
+        for out in executor.build([job for job, _, _ in batch]):
+            knobs, library = info[out.key]
+            if out.status != tunedb.OK:
+                row = self._row(knobs, out.status, reason=out.reason, compile_s=out.compile_s,
+                                strategy_hash=_sha(library), binary_hash=out.binary_hash,
+                                max_abs_err=out.max_abs_err, tolerance=self._tolerance(),
+                                artifacts=str(dirs[out.key]))
+                self._record(by_key, row)
+                searcher.tell(self.point_of(knobs), None)
+            else:
+                verified.append(out)
+        recorded = len(batch) - len(verified)
+        for out in sorted(verified, key=lambda o: o.key):
+            knobs, library = info[out.key]
+            if deadline and time.monotonic() >= deadline:
+                self.summary.stopped = "time limit"
+                continue  # verified but not timed: not recorded, a rerun does it again
+            common = dict(compile_s=out.compile_s, strategy_hash=_sha(library),
+                          binary_hash=out.binary_hash, max_abs_err=out.max_abs_err,
+                          tolerance=self._tolerance(), artifacts=str(dirs[out.key]))
+            same = self._by_binary.get(out.binary_hash or "")
+            if same is not None:
+                row = self._copy(knobs, same, reason=f"same binary as candidate {same.id}",
+                                 **common)
+            else:
+                if self._measured and self._measured % self.tcfg.baseline_every == 0:
+                    self._measure_baseline(executor)
+                res = executor.measure(out.key, out.vmfb)
+                self._measured += 1
+                if res.status != tunedb.OK:
+                    row = self._row(knobs, res.status, reason=res.reason, **common)
+                else:
+                    median = statistics.median(res.samples_ms)
+                    row = self._row(knobs, tunedb.OK, time_ms=median,
+                                    min_ms=min(res.samples_ms),
+                                    samples=json.dumps(list(res.samples_ms)),
+                                    baseline_ms=self._baseline_ms,
+                                    speedup=self._baseline_ms / median, **common)
+            self._record(by_key, row)
+            searcher.tell(self.point_of(knobs), _value(row))
+            recorded += 1
+        return recorded
+
+    def _tolerance(self) -> float:
+        return TOLERANCES[self.problem.dtype]
+
+    def _copy(self, knobs: Any, same: Candidate, **kw: Any) -> Candidate:
+        """A DUPLICATE row carrying the results of `same` (or its failure)."""
+        status = tunedb.DUPLICATE if same.verified else same.status
+        keep = {k: getattr(same, k) for k in ("time_ms", "min_ms", "samples", "baseline_ms",
+                                              "speedup", "max_abs_err", "tolerance",
+                                              "binary_hash", "strategy_hash")}
+        keep.update(kw)
+        reason = keep.pop("reason", "")
+        if not same.verified:
+            reason = f"{reason}: {same.reason}"
+        return self._row(knobs, status, reason=reason, duplicate_of=same.id, **keep)
+
+    def _remember(self, row: Candidate) -> None:
+        if row.strategy_hash and row.status != tunedb.PRUNED and \
+                row.strategy_hash not in self._by_strategy:
+            self._by_strategy[row.strategy_hash] = row
+        if row.binary_hash and row.verified and row.binary_hash not in self._by_binary:
+            self._by_binary[row.binary_hash] = row
+
+    def _record(self, by_key: dict[str, Candidate], row: Candidate) -> None:
+        row.trial = len(by_key)
+        row, inserted = self.db.add(row)
+        by_key[row.knobs] = row
+        if not inserted:  # another sweep on the same file recorded it first
+            return
+        self._remember(row)
+        counts = self.summary.counts
+        counts[row.status] = counts.get(row.status, 0) + 1
+        if row.status != tunedb.PRUNED:
+            self.summary.new += 1
+            self._bar.update(1)
+        best = self.db.best(self.key, self.family.name, self.versions)
+        failed = sum(counts.get(s, 0) for s in tunedb.FAILURES)
+        self._bar.set_postfix_str(
+            f"ok={counts.get(tunedb.OK, 0)} dup={counts.get(tunedb.DUPLICATE, 0)} "
+            f"fail={failed} pruned={counts.get(tunedb.PRUNED, 0)} best="
+            + (f"{self._baseline_ms / best.time_ms:.2f}x" if best and self._baseline_ms
+               else "-"))
+
+
+def _value(row: Candidate | None) -> float | None:
+    return row.time_ms if row is not None and row.verified else None
+
+
+def _sha(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
+def _slug(text: str) -> str:
+    keep = [c if c.isalnum() or c in "-_." else "_" for c in text]
+    return "".join(keep).strip("_")[:80]
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool | None) -> Any:
+    from tqdm import tqdm
+
+    disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+    if os.environ.get("TDKIT_NO_PROGRESS"):
+        disable = True
+    return tqdm(total=total, initial=min(initial, total), desc=desc, unit="cand",
+                file=sys.stderr, disable=disable, dynamic_ncols=True)
+
+
+def tune(problem: Any, strategies: list[str], *, form: str | None = None,
+         cfg: HarnessConfig | None = None, tcfg: TuneConfig | None = None
+         ) -> list[SweepSummary]:
+    """Sweep each strategy's knob space for `problem`, one after the other."""
+    cfg = cfg or HarnessConfig()
+    tcfg = tcfg or TuneConfig()
+    form = form or problem.forms[0]
+    if form not in problem.forms:
+        raise BadInputError(f"unknown form {form!r} for {problem.kind}; "
+                            f"expected one of {', '.join(problem.forms)}")
+    return [Sweep(problem, s, form, cfg, tcfg).run() for s in strategies]
+
+
+def summary_table(summaries: list[SweepSummary]) -> str:
+    lines = []
+    for s in summaries:
+        d = s.as_dict()
+        lines.append(f"{d['problem']}  strategy={d['strategy']}  search={d['search']}  "
+                     f"space={d['space_size']}  db={d['db']}")
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(d["counts"].items())) or "none"
+        lines.append(f"  this run: {d['new']} candidates in {d['wall_s']:.1f} s "
+                     f"({d['verified_per_minute']:.1f} verified/min); {counts}")
+        lines.append(f"  sweep total: {d['evaluated']} of budget {d['budget']} candidates"
+                     + (f"; stopped: {d['stopped']}" if d["stopped"] else ""))
+        if d["default_ms"]:
+            lines.append(f"  IREE default: {d['default_ms']:.4f} ms")
+        if d["untuned_ms"]:
+            lines.append(f"  untuned {d['strategy']} defaults: {d['untuned_ms']:.4f} ms")
+        if d["best_ms"] is not None:
+            lines.append(f"  best: {d['best_ms']:.4f} ms (candidate {d['best_id']}) "
+                         f"{json.dumps(d['best_knobs'], sort_keys=True)}")
+            if d["speedup_vs_default"]:
+                lines.append(f"  speedup: {d['speedup_vs_default']:.2f}x over IREE default"
+                             + (f", {d['speedup_vs_untuned']:.2f}x over untuned defaults"
+                                if d["speedup_vs_untuned"] else ""))
+        else:
+            lines.append("  no verified candidate")
+        conf = d["confirmed_ms"]
+        if conf:
+            text = ", ".join(f"{k} {v:.4f} ms" for k, v in conf.items())
+            lines.append(f"  side by side at the end: {text} -> best is "
+                         f"{d['confirmed_speedup_vs_default']:.2f}x IREE default"
+                         + (f", {d['confirmed_speedup_vs_untuned']:.2f}x untuned defaults"
+                            if d["confirmed_speedup_vs_untuned"] else ""))
+    return "\n".join(lines)
