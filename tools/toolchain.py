@@ -121,6 +121,28 @@ def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _libc_prctl() -> object | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """In the child, before exec: die with the parent (a killed sweep leaves no orphaned
+    iree-compile behind; its own group makes timeouts kill the whole tree)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)  # type: ignore[operator]
+
+
 def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = "",
                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run one iree-* process to completion; ToolError if it is missing, fails, crashes or hangs.
@@ -129,7 +151,7 @@ def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = ""
     repro = repro or shlex.join(argv)
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=cwd, start_new_session=True)
+                                cwd=cwd, start_new_session=True, preexec_fn=_child_setup)
     except FileNotFoundError:
         raise ToolError(f"{what}: {argv[0]} not found", argv=argv, missing=True) from None
     try:
@@ -188,12 +210,19 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
     if configs.exists():
         shutil.rmtree(configs)
     vmfb = out_dir / ("module.vmfb" if opts.compile_to is None else "module.out.mlir")
-    argv = compile_argv(find_tool("iree-compile", compiler), source, vmfb, opts,
-                        library=library, dump_configurations=configs)
+    # Paths relative to out_dir (the compile runs there): IREE embeds source paths in the
+    # module, and relative ones make the same payload + strategy give the same bytes in any
+    # directory (`tdkit tune` deduplicates candidates by binary hash).
+    rel = Path(".")
+    argv = compile_argv(os.path.abspath(find_tool("iree-compile", compiler)),
+                        rel / source.name, rel / vmfb.name, opts,
+                        library=None if library is None else rel / library.name,
+                        dump_configurations=rel / configs.name)
     repro = f"cd {shlex.quote(str(out_dir))} && " + shlex.join(argv)
-    (out_dir / "command.txt").write_text(shlex.join(argv) + "\n")
+    (out_dir / "command.txt").write_text(repro + "\n")
     try:
-        proc = run_process(argv, timeout_s=opts.timeout_s, what="iree-compile", repro=repro)
+        proc = run_process(argv, timeout_s=opts.timeout_s, what="iree-compile", repro=repro,
+                           cwd=out_dir)
     except ToolError as err:
         (out_dir / "stderr.txt").write_text(err.stderr)
         raise

@@ -390,6 +390,7 @@ class Sweep:
                     self.summary.stopped = "time limit"
                     break
                 batch: list[tuple[BuildJob, Any, str]] = []
+                deferred: list[Any] = []
                 room = min(self.budget - evaluated, max(2, 2 * executor.workers))
                 while len(batch) < room:
                     if queue:
@@ -409,7 +410,12 @@ class Sweep:
                     if job is None:
                         evaluated += by_key[key].status != tunedb.PRUNED
                         continue
+                    if any(lib == job.library for _, _, lib in batch):
+                        deferred.append(knobs)  # same strategy as one in this batch: next
+                        continue  # round it copies that one's result instead of compiling
                     batch.append((job, knobs, job.library))
+                queue[:0] = deferred
+                deferred.clear()
                 if not batch:
                     if evaluated < self.budget:
                         self.summary.stopped = "space exhausted"
