@@ -93,6 +93,8 @@ class CodegenPredicate:
       value_dim: exact N (the V/output head dim), or None.
       max_head_dim: upper bound on K1 and N, or None.
       min_m, min_k2: lower bounds on the query and key sequence lengths, or None.
+      m, k2, batch: exact query length, key length and (collapsed) batch size, or None
+        (exported tuned strategies match only the shape they were tuned for).
     """
 
     batched: bool = True
@@ -103,6 +105,9 @@ class CodegenPredicate:
     max_head_dim: int | None = None
     min_m: int | None = None
     min_k2: int | None = None
+    m: int | None = None
+    k2: int | None = None
+    batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.mask not in CODEGEN_MASKS:
@@ -184,10 +189,12 @@ def build_codegen_matcher(name: str, pred: CodegenPredicate = CodegenPredicate()
         qk_rank = pred.rank - 2  # Q is (b,) m x k1; K is (b,) k2 x k1; V is (b,) k2 x n
         first = 1 if pred.batched else 0
         hd = pred.max_head_dim
+        exact_batch = [(0, pred.batch, pred.batch)] if pred.batched and pred.batch else []
         _match_value(oa, 0, qk_rank, elem,
-                     [(first, pred.min_m, None), (first + 1, pred.head_dim, pred.head_dim)]
+                     [(first, pred.min_m, None), (first + 1, pred.head_dim, pred.head_dim),
+                      (first, pred.m, pred.m), *exact_batch]
                      + ([(first + 1, None, hd)] if hd else []))
-        _match_value(oa, 1, qk_rank, elem, [(first, pred.min_k2, None)])
+        _match_value(oa, 1, qk_rank, elem, [(first, pred.min_k2, None), (first, pred.k2, pred.k2)])
         _match_value(oa, 2, qk_rank, elem,
                      [(first + 1, pred.value_dim, pred.value_dim)]
                      + ([(first + 1, None, hd)] if hd else []))

@@ -119,12 +119,22 @@ def _expect_loaded(op: ir.Value, operand: int) -> None:
     transform.MatchOperationNameOp(src, LOADS)
 
 
-def build_codegen_matcher(name: str, *, rank: int, dim: int,
-                          form: str = FUSED) -> transform.NamedSequenceOp:
+def _expect_shape(op: ir.Value, operand: int, shape: tuple[int, ...]) -> None:
+    """Operand `operand` of `op` is a tensor of exactly `shape`."""
+    from iree.compiler.dialects import preprocessing_transform as pre
+
+    value = transform.GetOperandOp(transform.AnyValueType.get(), op, [operand]).result
+    for i, size in enumerate(shape):
+        pre.MatchDimBoundsOp(value, i, lower_bound=size, upper_bound=size)
+
+
+def build_codegen_matcher(name: str, *, rank: int, dim: int, form: str = FUSED,
+                          shape: tuple[int, ...] | None = None) -> transform.NamedSequenceOp:
     """Emit `transform.named_sequence @name(%op: !transform.any_op {transform.readonly})
     -> !transform.any_op` matching the store of the result of a softmax dispatch of `rank`
     over `dim` in `form` (FUSED: one dispatch with two reductions; SPLIT: one of the two
-    dispatches of unraised generics). Yields the matched store op. Must be built at an
+    dispatches of unraised generics); with `shape`, only a dispatch whose input has exactly
+    that shape. Yields the matched store op. Must be built at an
     insertion point inside a module with `transform.with_named_sequence`."""
     if not 1 <= rank <= 4:
         raise ValueError(f"softmax matcher supports rank 1 to 4, got rank {rank}")
@@ -156,5 +166,7 @@ def build_codegen_matcher(name: str, *, rank: int, dim: int,
             init = transform.GetProducerOfOperand(_any(), red, i + 1).result
             transform.MatchOperationNameOp(init, ["linalg.fill"])
         _expect_loaded(root, 0)
+        if shape is not None:
+            _expect_shape(root, 0, shape)
         transform.YieldOp([store])
     return seq

@@ -34,7 +34,7 @@ from tdkit.matchers.attention import CodegenPredicate, build_codegen_matcher, pr
 from tdkit.strategies import iree_ops
 from tdkit.strategies.attention_flash import predicates_for
 from tdkit.strategies.base import require
-from tdkit.strategies.library import LibraryEntry, strategy_marker
+from tdkit.strategies.library import SELECT_SUFFIX, LibraryEntry, strategy_marker
 
 FAMILY = "config"
 PIPELINE = "LinalgExtTileAndVectorize"
@@ -174,12 +174,15 @@ def library_entry(knobs: ConfigKnobs, pred: CodegenPredicate) -> LibraryEntry:
         spec_name=name,
         build_matcher=lambda n: build_codegen_matcher(n, pred),
         build_spec=None,
-        build_action=lambda n: build_config_action(n, name, knobs, pred),
+        # the marker names the entry as built (an exported copy carries its own suffix)
+        build_action=lambda n: build_config_action(n, n.removesuffix(SELECT_SUFFIX), knobs,
+                                                   pred),
         config=(knobs, pred),
     )
 
 
-def library_entries(problem: Any, knobs: ConfigKnobs) -> list[LibraryEntry]:
+def library_entries(problem: Any, knobs: ConfigKnobs, *, exact: bool = False
+                    ) -> list[LibraryEntry]:
     """Entries configuring `problem`'s attention dispatch (or any attention dispatch for
-    None)."""
-    return [library_entry(knobs, p) for p in predicates_for(problem)]
+    None); with `exact`, matching only its exact sizes (exported tuned strategies)."""
+    return [library_entry(knobs, p) for p in predicates_for(problem, exact=exact)]

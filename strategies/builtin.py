@@ -67,6 +67,8 @@ SOFTMAX_CPU = register(Family(
     check=_softmax_check,
     fit=_softmax_fit,
     space=lambda problem: softmax_cpu.space(problem.shape, problem.axis),
+    exact_entries=lambda problem, knobs: softmax_cpu.library_entries(
+        knobs, rank=problem.rank, dim=problem.axis, shape=problem.shape),
     description="softmax on CPU: rows to workgroups, fused reductions, vectorized, no_pipeline",
 ))
 
@@ -85,6 +87,8 @@ FLASH = register(Family(
     check=lambda problem, knobs: knobs.check(problem),
     fit=attention_flash.fit,
     space=attention_flash.space,
+    exact_entries=lambda problem, knobs: attention_flash.library_entries(problem, knobs,
+                                                                         exact=True),
     description="attention on CPU: query rows to workgroups, online-softmax key loop, "
                 "decomposed, vectorized, no_pipeline",
 ))
@@ -98,5 +102,8 @@ CONFIG = register(Family(
     check=lambda problem, knobs: knobs.check(problem),
     fit=attention_config.fit,
     space=attention_config.space,
+    exact_entries=lambda problem, knobs: attention_config.library_entries(problem, knobs,
+                                                                          exact=True),
+    configures=True,
     description="attention on CPU: tile sizes for IREE's LinalgExtTileAndVectorize pipeline",
 ))

@@ -10,6 +10,7 @@ spec as the dispatch's codegen. Dispatches nothing matches keep IREE's default p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ SPEC_PREFIX = "tdkit_"
 # The discardable attribute an action without a codegen spec sets on the op it configures,
 # naming the entry (`tdkit.strategy = "tdkit_..."`); `tdkit.tools.applied` looks for it.
 MARKER_ATTR = "tdkit.strategy"
+SELECT_SUFFIX = "_select"  # an entry's action is `@<spec_name>_select`
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class LibraryEntry:
 
     @property
     def action_name(self) -> str:
-        return f"{self.spec_name}_select"
+        return f"{self.spec_name}{SELECT_SUFFIX}"
 
 
 def build_action(name: str, spec_name: str) -> transform.NamedSequenceOp:
@@ -82,18 +84,29 @@ def strategy_marker(target: ir.Value, spec_name: str) -> None:
     transform.AnnotateOp(target, MARKER_ATTR, param=param)
 
 
-def build_entry(entries: Sequence[LibraryEntry]) -> transform.NamedSequenceOp:
+def build_entry(entries: Sequence[LibraryEntry], *, tuning_spec: bool = False
+                ) -> transform.NamedSequenceOp:
     """`@__kernel_config(%root {transform.consumed})`: one `foreach_match` over all entries,
-    first matcher wins."""
+    first matcher wins. As a tuning-spec entry point it also returns the updated root and
+    carries `iree_codegen.tuning_spec_entrypoint`."""
     any_op = transform.AnyOpType.get()
-    seq = transform.NamedSequenceOp(ENTRY, [any_op], [],
+    seq = transform.NamedSequenceOp(ENTRY, [any_op], [any_op] if tuning_spec else [],
                                     arg_attrs=[{"transform.consumed": ir.UnitAttr.get()}])
+    if tuning_spec:
+        seq.operation.attributes["iree_codegen.tuning_spec_entrypoint"] = ir.UnitAttr.get()
     with ir.InsertionPoint(seq.body):
         matchers = ir.ArrayAttr.get([ir.FlatSymbolRefAttr.get(e.matcher_name) for e in entries])
         actions = ir.ArrayAttr.get([ir.FlatSymbolRefAttr.get(e.action_name) for e in entries])
-        transform.ForeachMatchOp(any_op, [], seq.bodyTarget, [], matchers, actions)
-        transform.YieldOp()
+        root = transform.ForeachMatchOp(any_op, [], seq.bodyTarget, [], matchers, actions)
+        transform.YieldOp([root.updated] if tuning_spec else [])
     return seq
+
+
+def renamed(entry: LibraryEntry, suffix: str) -> LibraryEntry:
+    """A copy of `entry` whose spec, matcher and action names end in `suffix` (several tuned
+    copies of one strategy side by side in an exported library)."""
+    name = entry.spec_name + suffix
+    return dataclasses.replace(entry, spec_name=name, matcher_name=f"{name}_match")
 
 
 def unique_entries(entries: Sequence[LibraryEntry]) -> list[LibraryEntry]:
@@ -109,14 +122,24 @@ def unique_entries(entries: Sequence[LibraryEntry]) -> list[LibraryEntry]:
     return list(seen.values())
 
 
-def build_library(entries: Sequence[LibraryEntry]) -> ir.Module:
+def build_library(entries: Sequence[LibraryEntry], *, tuning_spec: bool = False) -> ir.Module:
     """A module `attributes {transform.with_named_sequence}` holding every entry's spec,
-    matcher and action, and the `@__kernel_config` entry. Needs an active context/location."""
+    matcher and action, and the `@__kernel_config` entry. Needs an active context/location.
+
+    With `tuning_spec`, an IREE tuning spec (`--iree-codegen-tuning-spec-path`) instead:
+    `iree_codegen.tuning_spec_with_default_entrypoint` on the module and an entry point that
+    returns the root. Tuning specs only configure IREE's own pipelines, so entries with a
+    codegen spec are refused (IREE would not find the spec at codegen time)."""
     if not entries:
         raise ValueError("a transform library needs at least one entry")
     entries = unique_entries(entries)
+    if tuning_spec and any(e.build_spec is not None for e in entries):
+        raise ValueError("a tuning spec can only hold configuring entries, not codegen specs")
     module = ir.Module.create()
     module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+    if tuning_spec:
+        module.operation.attributes["iree_codegen.tuning_spec_with_default_entrypoint"] = \
+            ir.UnitAttr.get()
     with ir.InsertionPoint(module.body):
         for e in entries:
             if e.build_spec is not None:
@@ -126,5 +149,5 @@ def build_library(entries: Sequence[LibraryEntry]) -> ir.Module:
                 e.build_action(e.action_name)
             else:
                 build_action(e.action_name, e.spec_name)
-        build_entry(entries)
+        build_entry(entries, tuning_spec=tuning_spec)
     return module

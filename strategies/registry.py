@@ -40,6 +40,10 @@ class Family:
       space: problem -> {knob name: candidate values}: the declared search ranges `tdkit tune`
         explores (knobs not listed keep their fitted defaults). Combinations are pruned by
         `check` before anything compiles.
+      exact_entries: (problem, knobs) -> entries matching only that problem's exact sizes
+        (`tdkit export` puts the tuned knobs of several problems in one library).
+      configures: its entries only configure IREE's own pipeline (no codegen spec), so they
+        can also be exported as an IREE tuning spec.
     """
 
     name: str
@@ -51,6 +55,8 @@ class Family:
     description: str = ""
     fit: Callable[[Any, Any], Any] | None = None
     space: Callable[[Any], dict[str, tuple[Any, ...]]] | None = None
+    exact_entries: Callable[[Any, Any], list[Any]] | None = None
+    configures: bool = False
 
     def parse_knobs(self, values: Mapping[str, str] | None = None, problem: Any = None) -> Any:
         """Knobs from `name=value` text pairs over the defaults (fitted to `problem`, if given);

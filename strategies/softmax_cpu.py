@@ -20,6 +20,7 @@ separate pattern groups. Every step that looks for ops asserts how many it found
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -523,8 +524,19 @@ def spec_name(*, rank: int, dim: int, form: str = FUSED) -> str:
     return f"tdkit_softmax_cpu_r{rank}_d{dim}" + ("" if form == FUSED else f"_{form}")
 
 
+def dispatch_shape(shape: tuple[int, ...], dim: int, form: str = FUSED) -> tuple[int, ...]:
+    """The input shape IREE's `form` dispatch of a softmax of `shape` over `dim` shows: the
+    same for FUSED; SPLIT collapses the dims before and after `dim` (see `split_form_shape`)."""
+    if form == FUSED:
+        return tuple(shape)
+    dim %= len(shape)
+    before, after = shape[:dim], shape[dim + 1:]
+    return ((math.prod(before),) if before else ()) + (shape[dim],) + \
+        ((math.prod(after),) if after else ())
+
+
 def library_entry(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
-                  form: str = FUSED) -> LibraryEntry:
+                  form: str = FUSED, shape: tuple[int, ...] | None = None) -> LibraryEntry:
     """The spec and matcher for the `form` dispatch(es) of a softmax of `rank` over `dim`
     (the frontend's rank and dim; a SPLIT-form entry targets the collapsed dispatch shape
     IREE makes, see `split_form_shape`)."""
@@ -533,16 +545,19 @@ def library_entry(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
     knobs.check()
     tiling(knobs, rank, dim, form)
     r, d = (rank, dim) if form == FUSED else split_form_shape(rank, dim)
+    exact = None if shape is None else dispatch_shape(shape, dim, form)
     return LibraryEntry(
         strategy="softmax_cpu",
         spec_name=spec_name(rank=r, dim=d, form=form),
-        build_matcher=lambda n: build_codegen_matcher(n, rank=r, dim=d, form=form),
+        build_matcher=lambda n: build_codegen_matcher(n, rank=r, dim=d, form=form, shape=exact),
         build_spec=lambda n: build_codegen_spec(n, knobs, rank=r, dim=d, form=form),
         config=knobs,
     )
 
 
-def library_entries(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int) -> list[LibraryEntry]:
+def library_entries(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
+                    shape: tuple[int, ...] | None = None) -> list[LibraryEntry]:
     """Entries for both dispatch forms of a softmax of `rank` over `dim`: FUSED (from
-    `linalg.softmax` or raised generics) and SPLIT (unraised frontend generics)."""
-    return [library_entry(knobs, rank=rank, dim=dim, form=f) for f in FORMS]
+    `linalg.softmax` or raised generics) and SPLIT (unraised frontend generics); with
+    `shape`, matching only a softmax of exactly that shape (exported tuned strategies)."""
+    return [library_entry(knobs, rank=rank, dim=dim, form=f, shape=shape) for f in FORMS]

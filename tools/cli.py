@@ -288,6 +288,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return _emit(out, args, summary_table(summaries))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tdkit.tools.export import export, export_table
+    from tdkit.tools.toolchain import tool_versions
+
+    versions = None if args.any_tools else tool_versions(args.compiler)
+    done = export(args.db, args.output, tuning_spec=args.tuning_spec, tool_versions=versions)
+    return _emit(done.as_dict(), args, export_table(done))
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     from tdkit.tools.smoke import run_smoke
 
@@ -389,6 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "of default, untuned defaults and best (0 = skip)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_tune)
+
+    p = sub.add_parser("export", help="write the best verified tuned strategy of every problem "
+                       "in a results database as one transform library (and a tuning spec)")
+    p.add_argument("--db", type=Path, required=True, help="results database of 'tdkit tune'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="transform library to write")
+    p.add_argument("--tuning-spec", type=Path, help="IREE tuning spec for the configuring "
+                   "(config family) candidates (default: <output>.tuning-spec.mlir)")
+    p.add_argument("--any-tools", action="store_true", help="also rows measured with other "
+                   "compiler/runtime versions (default: only the current tools')")
+    p.add_argument("--compiler", default=os.environ.get(COMPILER_ENV), help="iree-compile whose "
+                   "version selects the rows")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("smoke", help="run the built-in problem x strategy x dtype matrix")
     level = p.add_mutually_exclusive_group()
