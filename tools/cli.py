@@ -297,6 +297,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return _emit(done.as_dict(), args, export_table(done))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tdkit.tools.report import write_report
+
+    out = write_report(args.db, args.output)
+    return _emit(out, args, f"wrote {out['summary']} and {len(out['plots'])} plots")
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     from tdkit.tools.smoke import run_smoke
 
@@ -411,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "version selects the rows")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("report", help="markdown summary and PNG plots of a results database")
+    p.add_argument("--db", type=Path, required=True, help="results database of 'tdkit tune'")
+    p.add_argument("-o", "--output", type=Path, default=Path("tdkit-report"),
+                   help="directory for summary.md and the plots (default tdkit-report)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("smoke", help="run the built-in problem x strategy x dtype matrix")
     level = p.add_mutually_exclusive_group()

@@ -250,7 +250,8 @@ class Sweep:
     def _row(self, knobs: Any, status: str, **kw: Any) -> Candidate:
         return Candidate(problem=self.key, problem_json=self.record,
                          strategy=self.family.name, knobs=self.full_key(knobs), status=status,
-                         tool_versions=self.versions, session=self.session, **kw)
+                         tool_versions=self.versions, session=self.session,
+                         untuned=int(knobs == self.defaults), **kw)
 
     # ------------------------------------------------------------------ run
 

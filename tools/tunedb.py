@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     duplicate_of INTEGER,
     tool_versions TEXT NOT NULL,
     trial INTEGER,                  -- order within its problem/strategy
+    untuned INTEGER NOT NULL DEFAULT 0,  -- 1: the strategy's default knobs (fitted)
     session TEXT,
     artifacts TEXT,
     created REAL NOT NULL,
@@ -105,6 +106,7 @@ class Candidate:
     binary_hash: str | None = None
     duplicate_of: int | None = None
     trial: int | None = None
+    untuned: int = 0
     session: str | None = None
     artifacts: str | None = None
     created: float = field(default_factory=time.time)

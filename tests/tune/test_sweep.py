@@ -71,6 +71,20 @@ def test_faults_are_recorded_and_the_sweep_completes(tmp_path: Path, fault_env: 
     assert (best["rows_per_workgroup"], best["reduction_tile"]) in ((32, 16), (8, 64))
     with sqlite3.connect(tmp_path / "t.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM baselines").fetchone()[0] >= 1
+    # the report shows the failures by reason, and its plots are real PNGs
+    report = subprocess.run([*TDKIT, "report", "--db", str(tmp_path / "t.db"), "-o",
+                             str(tmp_path / "rep"), "--json"], capture_output=True, text=True,
+                            timeout=300)
+    assert report.returncode == 0, report.stderr
+    written = json.loads(report.stdout)
+    summary = Path(written["summary"]).read_text()
+    for status in (tunedb.COMPILE_CRASH, tunedb.COMPILE_TIMEOUT, tunedb.RUN_CRASH,
+                   tunedb.RUN_TIMEOUT, tunedb.MISCOMPILE):
+        assert f"| {status} | 1 |" in summary
+    assert "IREE default" in summary and "Best: candidate" in summary
+    assert len(written["plots"]) == 3
+    for plot in written["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sigkill_then_rerun_resumes_without_redoing(tmp_path: Path) -> None:
