@@ -50,6 +50,9 @@ from tdkit.tools.tune_tasks import (
 from tdkit.tools.tunedb import Candidate, TuneDB, canonical_knobs
 
 DEFAULT_BUDGET = 50
+# Candidates built per round and worker: a round ends when its slowest compile does, so more
+# per round leaves workers idle less often (TPE then learns every BATCH_PER_WORKER x workers).
+BATCH_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -392,8 +395,8 @@ class Sweep:
                     break
                 batch: list[tuple[BuildJob, Any, str]] = []
                 deferred: list[Any] = []
-                room = min(self.budget - evaluated, max(2, 2 * executor.workers))
-                while len(batch) < room:
+                room = min(self.budget - evaluated, BATCH_PER_WORKER * executor.workers)
+                while len(batch) < room and evaluated + len(batch) < self.budget:
                     if queue:
                         knobs = queue.pop(0)
                     else:
