@@ -48,7 +48,18 @@ def _softmax_fit(problem: Any, knobs: softmax_cpu.SoftmaxCpuKnobs) -> softmax_cp
 
 
 def _softmax_check(problem: Any, knobs: softmax_cpu.SoftmaxCpuKnobs) -> None:
-    knobs.check(problem.shape, problem.axis)
+    if problem is None:
+        knobs.check()
+    else:
+        knobs.check(problem.shape, problem.axis)
+
+
+def _softmax_space(problem: Any) -> dict[str, tuple[Any, ...]]:
+    """Without a problem (a payload file): the knobs of a softmax over the innermost dim,
+    the form frontends write."""
+    if problem is None:
+        return softmax_cpu.space((1, 1), -1)
+    return softmax_cpu.space(problem.shape, problem.axis)
 
 
 def is_softmax_dispatch(dispatch: Any) -> bool:
@@ -66,7 +77,7 @@ SOFTMAX_CPU = register(Family(
     targets=is_softmax_dispatch,
     check=_softmax_check,
     fit=_softmax_fit,
-    space=lambda problem: softmax_cpu.space(problem.shape, problem.axis),
+    space=_softmax_space,
     exact_entries=lambda problem, knobs: softmax_cpu.library_entries(
         knobs, rank=problem.rank, dim=problem.axis, shape=problem.shape),
     description="softmax on CPU: rows to workgroups, fused reductions, vectorized, no_pipeline",

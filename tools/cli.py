@@ -253,21 +253,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from tdkit.tools.tune import TuneConfig, parse_space, summary_table, tune
+    from tdkit.tools.tune import TuneConfig, parse_space, summary_table, tune, tune_file
 
-    if Path(args.problem).suffix in (".mlir", ".onnx"):
-        raise BadInputError("tuning a payload file or ONNX model is not built yet; tune its "
-                            "softmax/attention problems with 'tdkit tune softmax|attention'")
-    problem = _problem(args)
+    is_file = Path(args.problem).suffix in (".mlir", ".onnx")
+    problem = None if is_file else _problem(args)
     if args.knob:
         raise BadInputError("tune searches the knobs: give ranges with --space KNOB=V1,V2")
+    if not is_file and (args.input or args.function):
+        raise BadInputError("--input/--function apply to 'tdkit tune FILE.mlir|model.onnx'")
+    strategies: list[str] | None
     if args.strategy:
-        strategies = [_strategy(args, problem.kind)]
+        strategies = [_strategy(args, problem.kind if problem else "")]
         if strategies == [registry.DEFAULT]:
             raise BadInputError("IREE's default pipeline has no knobs to tune")
     else:
-        strategies = [f.name for f in registry.for_kind(problem.kind)]
-    if args.space and len(strategies) != 1:
+        strategies = None if is_file else [f.name for f in registry.for_kind(problem.kind)]
+    if args.space and (strategies is None or len(strategies) != 1):
         raise BadInputError("--space needs one --strategy (knob names are per strategy)")
     for name, value in (("--jobs", args.jobs), ("--baseline-every", args.baseline_every),
                         ("--repetitions", args.repetitions)):
@@ -275,14 +276,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise BadInputError(f"{name} must be positive, got {value}")
     if args.time_limit is not None and args.time_limit <= 0:
         raise BadInputError(f"--time-limit must be positive, got {args.time_limit}")
-    space = parse_space(registry.get(strategies[0]), args.space) if args.space else {}
+    space = parse_space(registry.get(strategies[0]), args.space) if strategies and args.space \
+        else {}
     tcfg = TuneConfig(search=args.search, budget=args.budget, time_limit_s=args.time_limit,
                       jobs=args.jobs, seed=args.seed, db=args.db, executor=args.executor,
                       address=args.address, space=space, baseline_every=args.baseline_every,
                       timeout_factor=args.timeout_factor, min_timeout_s=args.min_timeout,
                       repetitions=args.repetitions, confirm_rounds=args.confirm_rounds,
                       progress=False if args.no_progress else None)
-    summaries = tune(problem, strategies, form=args.form, cfg=_config(args), tcfg=tcfg)
+    if is_file:
+        summaries = tune_file(Path(args.problem), strategies, inputs=args.input,
+                              function=args.function, cfg=_config(args), tcfg=tcfg)
+    else:
+        summaries = tune(problem, strategies or [], form=args.form, cfg=_config(args),
+                         tcfg=tcfg)
     out = {"ok": all(s.best is not None for s in summaries),
            "sweeps": [s.as_dict() for s in summaries]}
     return _emit(out, args, summary_table(summaries))
@@ -380,7 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench)
 
     p = _problem_command(sub, "tune", "search a strategy's knobs: every candidate verified, "
-                         "faults recorded, results in a resumable SQLite database")
+                         "faults recorded, results in a resumable SQLite database",
+                         file_ok=True)
+    p.add_argument("--input", action="append", default=[], metavar="@X.npy",
+                   help="FILE: an input .npy, in argument order (repeatable)")
+    p.add_argument("--function", help="FILE.mlir: function to tune (default @main)")
     p.add_argument("--search", default="tpe", choices=("tpe", "random", "grid"),
                    help="search algorithm (default tpe: optuna's TPE sampler)")
     p.add_argument("--budget", type=int, help="candidates to evaluate, counting earlier runs of "

@@ -48,8 +48,14 @@ def _entries(row: tunedb.Candidate, index: int) -> tuple[list[Any], registry.Fam
     family = registry.get(row.strategy)
     if family.exact_entries is None:
         raise BadInputError(f"strategy {row.strategy} cannot export shape-exact entries")
-    problem, _ = problem_from_record(json.loads(row.problem_json))
+    record = json.loads(row.problem_json)
     knobs = _knobs(family, row)
+    if record["kind"] == "file":
+        # a module's sweep tuned one setting for all of its dispatches of this family: the
+        # family's general entries (any shape), after the shape-exact ones of other problems
+        family.check(None, knobs)
+        return [renamed(e, f"_t{index}") for e in family.entries(None, knobs)], family
+    problem, _ = problem_from_record(record)
     family.check(problem, knobs)
     return [renamed(e, f"_t{index}") for e in family.exact_entries(problem, knobs)], family
 
@@ -71,7 +77,9 @@ def export(db_path: Path, output: Path, *, tuning_spec: Path | None = None,
     library: list[Any] = []
     spec: list[Any] = []
     with tunedb.TuneDB(db_path) as db:
-        keys = sorted({row.problem for row in db.candidates()})
+        # shape-exact problems first, files (general entries) last: first match wins
+        keys = sorted({row.problem for row in db.candidates()},
+                      key=lambda k: (k.startswith("file "), k))
         for index, key in enumerate(keys):
             best = db.best(key, tool_versions=tool_versions)
             if best is None:

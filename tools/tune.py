@@ -210,25 +210,104 @@ def parse_space(family: registry.Family, items: list[str]) -> dict[str, tuple[An
     return out
 
 
+# --------------------------------------------------------------------------- what is tuned
+
+@dataclass
+class TuneTarget:
+    """What a sweep tunes: a built-in problem (checked against its float64 reference) or a
+    payload module / imported ONNX model (checked against onnxruntime, or else against IREE's
+    default build of the same module).
+
+    `problem` is None for files: families then use their problem-free knob space, defaults
+    and library entries (every variant they handle), and one knob setting applies to every
+    dispatch of the module the family targets."""
+
+    key: str
+    record: dict[str, Any]
+    problem: Any | None
+    payload: str
+    inputs: list[Any]
+    outputs: tuple[tuple[tuple[int, ...], Any], ...]
+    tolerances: tuple[float, ...]
+    expected: list[Any] | None = None  # None: IREE's default build's outputs
+    function: str = "main"
+    reference: str = "float64"
+
+    @property
+    def kind(self) -> str:
+        return self.problem.kind if self.problem is not None else "file"
+
+
+def problem_target(problem: Any, form: str, cfg: HarnessConfig) -> TuneTarget:
+    inputs = problem.make_inputs(cfg.seed)
+    shape, dtype = problem.output_spec()
+    return TuneTarget(problem_key(problem, form, cfg), problem_record(problem, form), problem,
+                      payload_text(problem, form), inputs, ((shape, dtype.numpy),),
+                      (TOLERANCES[dtype],), [problem.reference(inputs)])
+
+
+def file_target(path: Path, cfg: HarnessConfig, inputs: list[str] | None = None,
+                function: str | None = None) -> TuneTarget:
+    """A payload module (`.mlir`, including imported torch-dialect IR) or an ONNX model."""
+    from tdkit.tools.modules import _tolerance, import_model, load_inputs, read_signature
+
+    if not path.exists():
+        raise BadInputError(f"no such file: {path}")
+    model = path
+    if path.suffix == ".onnx":
+        path = import_model(model, cfg.root() / "tune" / _slug(model.stem) / "import", cfg)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise BadInputError(f"cannot read {path}: {err.strerror}") from None
+    sig = read_signature(text, function)
+    arrays = load_inputs(sig, inputs or [], cfg.seed)
+    expected, reference = None, "iree-default"
+    if model.suffix == ".onnx":
+        expected = _onnxruntime_outputs(model, arrays)
+        reference = "onnxruntime" if expected is not None else reference
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    key = f"file {model.name} sha={digest} fn={sig.function} cpu={cfg.compile.cpu}"
+    record = {"kind": "file", "path": str(model.resolve()), "function": sig.function,
+              "sha": digest}
+    return TuneTarget(key, record, None, text, arrays, sig.outputs,
+                      tuple(_tolerance(d) for _, d in sig.outputs), expected, sig.function,
+                      reference)
+
+
+def _onnxruntime_outputs(model: Path, arrays: list[Any]) -> list[Any] | None:
+    try:
+        import numpy as np
+        import onnxruntime
+    except ImportError:
+        return None
+    from tdkit.tools.modules import _saveable
+
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = {i.name: _saveable(a) for i, a in zip(session.get_inputs(), arrays, strict=True)}
+    return [np.asarray(o, dtype=np.float64) for o in session.run(None, feeds)]
+
+
 # --------------------------------------------------------------------------- the sweep
 
 class Sweep:
     """One problem x one strategy family, searched until the budget, the time limit or the
     space runs out."""
 
-    def __init__(self, problem: Any, strategy: str, form: str, cfg: HarnessConfig,
+    def __init__(self, target: TuneTarget, strategy: str, cfg: HarnessConfig,
                  tcfg: TuneConfig) -> None:
         if tcfg.search not in SEARCHES:
             raise BadInputError(f"unknown search {tcfg.search!r}; expected one of "
                                 f"{', '.join(SEARCHES)}")
-        self.problem, self.form, self.cfg, self.tcfg = problem, form, cfg, tcfg
+        self.target, self.cfg, self.tcfg = target, cfg, tcfg
+        self.problem = problem = target.problem
         self.family = registry.get(strategy)
-        if problem.kind not in self.family.kinds:
+        if problem is not None and problem.kind not in self.family.kinds:
             raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems")
         self.space = sweep_space(self.family, problem, tcfg.space)
         self.defaults = self.family.parse_knobs({}, problem)
-        self.key = problem_key(problem, form, cfg)
-        self.record = json.dumps(problem_record(problem, form), sort_keys=True)
+        self.key = target.key
+        self.record = json.dumps(target.record, sort_keys=True)
         self.session = uuid.uuid4().hex[:12]
         size = space_size(self.space)
         if tcfg.budget is not None and tcfg.budget <= 0:
@@ -261,18 +340,19 @@ class Sweep:
     def run(self) -> SweepSummary:
         start = time.monotonic()
         self.versions = tool_versions(self.cfg.compiler)
-        inputs = self.problem.make_inputs(self.cfg.seed)
-        expected = self.problem.reference(inputs)
-        shape, dtype = self.problem.output_spec()
+        t = self.target
         base_ctx = SweepContext(
-            payload=payload_text(self.problem, self.form), inputs=inputs, expected=expected,
-            output_shape=shape, output_dtype=dtype.numpy, tolerance=TOLERANCES[dtype],
-            compile=self.cfg.compile, compiler=self.cfg.compiler, family=None,
-            repetitions=self.tcfg.repetitions, min_time_s=self.tcfg.min_time_s)
+            payload=t.payload, inputs=t.inputs, expected=t.expected, outputs=t.outputs,
+            tolerances=t.tolerances, compile=self.cfg.compile, compiler=self.cfg.compiler,
+            family=None, repetitions=self.tcfg.repetitions, min_time_s=self.tcfg.min_time_s,
+            function=t.function)
         with TuneDB(self.tcfg.db) as db:
             self.db = db
             baseline = self._build_baseline(base_ctx)
             self._baseline_vmfb = baseline.vmfb
+            if base_ctx.expected is None:  # a file without an independent reference
+                base_ctx = dataclasses.replace(base_ctx, expected=baseline.outputs)
+            self._check_targets()
             self._measure_baseline(None, base_ctx)
             ctx = dataclasses.replace(
                 base_ctx, family=self.family.name,
@@ -316,6 +396,23 @@ class Sweep:
         if untuned is not None and untuned.id == best.id:
             med["untuned"] = med["best"]
         self.summary.confirmed = med
+
+    def _check_targets(self) -> None:
+        """A file must hold a dispatch this family lowers (seen in the default build)."""
+        if self.problem is not None:
+            return
+        from tdkit.tools.applied import dispatches
+        from tdkit.tools.toolchain import Artifact
+
+        where = self.root / "default"
+        art = Artifact(dir=where, vmfb=where / "module.vmfb", payload=where / "payload.mlir",
+                       strategy=None, command=[], stderr="",
+                       configurations=where / "configurations")
+        found = dispatches(art)
+        if not any(self.family.targets(d) for d in found):
+            raise BadInputError(f"strategy {self.family.name} targets no dispatch of "
+                                f"{self.key.split(' sha=')[0].removeprefix('file ')} "
+                                f"(dispatches: {', '.join(d.name for d in found) or 'none'})")
 
     def _timeout(self, seconds: float) -> float:
         return max(self.tcfg.min_timeout_s, self.tcfg.timeout_factor * seconds)
@@ -501,7 +598,7 @@ class Sweep:
         return recorded
 
     def _tolerance(self) -> float:
-        return TOLERANCES[self.problem.dtype]
+        return max(self.target.tolerances)
 
     def _copy(self, knobs: Any, same: Candidate, **kw: Any) -> Candidate:
         """A DUPLICATE row carrying the results of `same` (or its failure)."""
@@ -576,7 +673,36 @@ def tune(problem: Any, strategies: list[str], *, form: str | None = None,
     if form not in problem.forms:
         raise BadInputError(f"unknown form {form!r} for {problem.kind}; "
                             f"expected one of {', '.join(problem.forms)}")
-    return [Sweep(problem, s, form, cfg, tcfg).run() for s in strategies]
+    target = problem_target(problem, form, cfg)
+    return [Sweep(target, s, cfg, tcfg).run() for s in strategies]
+
+
+def tune_file(path: Path, strategies: list[str] | None, *, inputs: list[str] | None = None,
+              function: str | None = None, cfg: HarnessConfig | None = None,
+              tcfg: TuneConfig | None = None) -> list[SweepSummary]:
+    """Sweep the knobs of the strategies that lower dispatches of a payload module or ONNX
+    model (all families whose dispatches it holds, or the named ones)."""
+    cfg = cfg or HarnessConfig()
+    tcfg = tcfg or TuneConfig()
+    target = file_target(path, cfg, inputs, function)
+    names = strategies or _families_in(target, cfg)
+    return [Sweep(target, s, cfg, tcfg).run() for s in names]
+
+
+def _families_in(target: TuneTarget, cfg: HarnessConfig) -> list[str]:
+    """Families with a knob space that target a dispatch of the module's default build."""
+    from tdkit.tools.applied import dispatches
+    from tdkit.tools.harness import compile_default
+
+    art, _ = compile_default(target.payload, cfg.root() / "tune" / _slug(target.key) / "scan",
+                             cfg)
+    found = dispatches(art)
+    names = [f.name for f in registry.families().values()
+             if f.space is not None and any(f.targets(d) for d in found)]
+    if not names:
+        raise BadInputError(f"no dispatch of {target.record.get('path')} is one tdkit has a "
+                            f"strategy for (dispatches: {', '.join(d.name for d in found)})")
+    return names
 
 
 def summary_table(summaries: list[SweepSummary]) -> str:

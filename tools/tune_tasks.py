@@ -38,16 +38,19 @@ class SweepContext:
 
     payload: str
     inputs: list[np.ndarray]
-    expected: np.ndarray
-    output_shape: tuple[int, ...]
-    output_dtype: Any  # numpy dtype of the output
-    tolerance: float
+    expected: list[np.ndarray] | None  # one reference per output; None: run, do not compare
+    outputs: tuple[tuple[tuple[int, ...], Any], ...]  # (shape, numpy dtype) per output
+    tolerances: tuple[float, ...]
     compile: CompileOptions
     compiler: str | None
     family: str | None  # strategy family (for the applied check); None for IREE's default
     run_timeout_s: float = 300.0
     repetitions: int = 3
     min_time_s: float = 0.05
+    function: str = "main"
+
+    def run_options(self) -> RunOptions:
+        return RunOptions(function=self.function, timeout_s=self.run_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class BuildOutcome:
     max_abs_err: float | None = None
     vmfb: Path | None = None
     vmfb_bytes: bytes | None = field(default=None, repr=False)  # set by remote executors
+    outputs: list[np.ndarray] | None = field(default=None, repr=False)  # when not compared
 
 
 @dataclass
@@ -109,17 +113,23 @@ def build_candidate(ctx: SweepContext, job: BuildJob, *, keep_bytes: bool = Fals
     data = art.vmfb.read_bytes()
     binary_hash = hashlib.sha256(data).hexdigest()
     try:
-        (out,) = run_module(art.vmfb, ctx.inputs, [(ctx.output_shape, ctx.output_dtype)],
-                            job.out_dir / "run", RunOptions(timeout_s=ctx.run_timeout_s))
+        got = run_module(art.vmfb, ctx.inputs, list(ctx.outputs), job.out_dir / "run",
+                         ctx.run_options())
     except ToolError as err:
         if err.kind == "missing":
             raise
         return BuildOutcome(job.key, _tool_status(err, "run"), err.one_line()[:2000], compile_s,
                             binary_hash)
-    verdict = compare(out, ctx.expected, ctx.tolerance)
-    status = tunedb.OK if verdict.ok else tunedb.MISCOMPILE
-    return BuildOutcome(job.key, status, verdict.reason, compile_s, binary_hash,
-                        verdict.max_abs_err, art.vmfb, data if keep_bytes else None)
+    keep = data if keep_bytes else None
+    if ctx.expected is None:
+        return BuildOutcome(job.key, tunedb.OK, "", compile_s, binary_hash, None, art.vmfb, keep,
+                            outputs=got)
+    verdicts = [compare(g, e, t) for g, e, t in zip(got, ctx.expected, ctx.tolerances,
+                                                     strict=True)]
+    bad = next((f"output {i}: {v.reason}" for i, v in enumerate(verdicts) if not v.ok), "")
+    status = tunedb.MISCOMPILE if bad else tunedb.OK
+    return BuildOutcome(job.key, status, bad, compile_s, binary_hash,
+                        max(v.max_abs_err for v in verdicts), art.vmfb, keep)
 
 
 def measure_candidate(ctx: SweepContext, key: str, vmfb: Path) -> MeasureOutcome:
@@ -127,7 +137,7 @@ def measure_candidate(ctx: SweepContext, key: str, vmfb: Path) -> MeasureOutcome
     try:
         timing = benchmark_module(vmfb, ctx.inputs, vmfb.parent / "bench",
                                   repetitions=ctx.repetitions, min_time_s=ctx.min_time_s,
-                                  opts=RunOptions(timeout_s=ctx.run_timeout_s))
+                                  opts=ctx.run_options())
     except ToolError as err:
         if err.kind == "missing":
             raise
