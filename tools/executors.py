@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tdkit.tools.errors import BadInputError
+from tdkit.tools.toolchain import kill_running
 from tdkit.tools.tune_tasks import (
     BuildJob,
     BuildOutcome,
@@ -34,7 +35,7 @@ class Executor(Protocol):
 
     def measure(self, key: str, vmfb: Path) -> MeasureOutcome: ...
 
-    def close(self) -> None: ...
+    def close(self, abort: bool = False) -> None: ...
 
 
 class LocalExecutor:
@@ -56,7 +57,11 @@ class LocalExecutor:
     def measure(self, key: str, vmfb: Path) -> MeasureOutcome:
         return measure_candidate(self.ctx, key, vmfb)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Wait for running builds; with `abort` (an interrupted sweep), kill them first."""
+        if abort:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            kill_running()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -121,7 +121,8 @@ class RayExecutor:
         except self.ray.exceptions.RayError as err:
             return MeasureOutcome(key, "run_crash", f"Ray benchmark actor failed: {err}"[:2000])
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        del abort  # ray.shutdown() cancels the driver's pending tasks either way
         try:
             self.ray.kill(self._bench)
         finally:

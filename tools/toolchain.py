@@ -143,6 +143,22 @@ def _child_setup() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)  # type: ignore[operator]
 
 
+_LIVE: set[int] = set()  # process groups of running children (see `kill_running`)
+
+
+def kill_running() -> int:
+    """Kill every iree-* process group tdkit is waiting on (an interrupted sweep stops at
+    once instead of waiting for its compiles); returns how many were killed."""
+    killed = 0
+    for pgid in list(_LIVE):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed
+
+
 def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = "",
                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run one iree-* process to completion; ToolError if it is missing, fails, crashes or hangs.
@@ -154,6 +170,7 @@ def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = ""
                                 cwd=cwd, start_new_session=True, preexec_fn=_child_setup)
     except FileNotFoundError:
         raise ToolError(f"{what}: {argv[0]} not found", argv=argv, missing=True) from None
+    _LIVE.add(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -162,6 +179,8 @@ def run_process(argv: list[str], *, timeout_s: float, what: str, repro: str = ""
         raise ToolError(f"{what} timed out after {timeout_s:g} s", argv=argv,
                         stderr_tail=_tail(err), repro=repro, stderr=err,
                         kind="timeout") from None
+    finally:
+        _LIVE.discard(proc.pid)
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
         raise ToolError(f"{what} crashed with {sig}", argv=argv, returncode=proc.returncode,

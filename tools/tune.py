@@ -365,8 +365,10 @@ class Sweep:
                 self._search(executor, start)
                 self.summary.best = db.best(self.key, self.family.name, self.versions)
                 self._confirm(executor)
-            finally:
-                executor.close()
+            except BaseException:
+                executor.close(abort=True)  # every finished row is already committed
+                raise
+            executor.close()
             self.summary.evaluated = self._evaluated()
         self.summary.wall_s = time.monotonic() - start
         return self.summary

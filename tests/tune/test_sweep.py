@@ -172,3 +172,43 @@ def test_bad_tune_arguments_are_one_line_errors(tmp_path: Path) -> None:
         rc, _, err = tune(tmp_path, *extra)
         assert rc == 2, (extra, err)
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_interrupt_kills_running_compiles_and_keeps_rows(tmp_path: Path, fault_env: dict) -> None:
+    faults = {"compile_hang": {"rows_per_workgroup": 2, "reduction_tile": 16}}
+    env = {**fault_env, "TDKIT_FAULTS": json.dumps(faults)}
+    cmd = [*TDKIT, "tune", *PROBLEM, "--db", str(tmp_path / "t.db"), "--artifacts",
+           str(tmp_path / "art"), "--search", "grid", "--space", "rows_per_workgroup=2",
+           *FIXED, "--min-timeout", "600", "--confirm-rounds", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    hung = None
+    deadline = time.monotonic() + 300
+    while hung is None and time.monotonic() < deadline:
+        for knobs in (tmp_path / "art").rglob("knobs.json"):
+            if json.loads(knobs.read_text()).get("rows_per_workgroup") == 2:
+                hung = knobs.parent
+        time.sleep(0.2)
+    assert hung is not None, "the hanging candidate never started"
+    time.sleep(1.0)
+    assert _processes_in(hung), "the hanging compile should be running in its directory"
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - start < 30
+    assert "interrupted" in err and "Traceback" not in err
+    assert _processes_in(hung) == [], "a compile of the interrupted sweep is still running"
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Pids of processes whose working directory is `directory` (compiles run there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if Path(os.readlink(proc / "cwd")) == directory.resolve():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
