@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tdkit-installed
 
-.PHONY: demo test lint bench bench-softmax bench-attention bench-memory smoke-full clean
+.PHONY: demo test lint bench bench-softmax bench-attention bench-memory bench-tune smoke-full clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tdkit needs Python >= 3.11"'
@@ -28,7 +28,7 @@ lint: $(STAMP)
 ## Benchmarks (not tests). Softmax: strategy vs IREE's default and memory bandwidth.
 ## Attention: flash and config vs IREE's default, torch SDPA (bench extra), numpy, SGEMM;
 ## then peak memory of one call, flash vs the plain linalg chain.
-bench: bench-softmax bench-attention bench-memory
+bench: bench-softmax bench-attention bench-memory bench-tune
 
 bench-softmax: $(STAMP)
 	$(BIN)/tdkit bench softmax --shape 512x1024 --rounds 7
@@ -46,6 +46,13 @@ bench-attention: $(STAMP)
 bench-memory: $(STAMP)
 	$(BIN)/tdkit bench attention --memory --strategy flash --shape 1x16384x16384x64
 	$(BIN)/tdkit bench attention --memory --strategy flash --shape 1x32768x32768x64
+
+## A 60-candidate TPE sweep of the flash strategy (fresh database each time), then its report.
+bench-tune: $(STAMP)
+	rm -f build/bench-tune.db
+	$(BIN)/tdkit tune attention --shape 4x1024x1024x64 --strategy flash --budget 60 \
+		--db build/bench-tune.db --artifacts build/bench-tune
+	$(BIN)/tdkit report --db build/bench-tune.db -o build/bench-tune-report
 
 smoke-full: $(STAMP)
 	$(BIN)/tdkit smoke --full
