@@ -19,6 +19,7 @@ from tdkit.tools.harness import (
     execute,
     payload_text,
     rates,
+    resolve_form,
     run_root,
     time_builds,
 )
@@ -30,7 +31,7 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
     """Compile and verify every strategy in `strategies` and IREE's default on `problem`, time
     them interleaved, then time the peers; returns one record. Top-level `strategy`, `time_ms`,
     `default_time_ms` and `speedup` describe the first strategy."""
-    form = form or problem.forms[0]
+    form = resolve_form(problem, form)
     root = run_root(problem, form, cfg)
     payload = payload_text(problem, form)
     inputs = problem.make_inputs(cfg.seed)

@@ -218,10 +218,7 @@ def run_problem(problem: Problem, strategy: str, *, knobs: dict[str, str] | None
 
     Raises TdkitError for bad input, tool failures and strategies that did not apply."""
     cfg = cfg or HarnessConfig()
-    form = form or problem.forms[0]
-    if form not in problem.forms:
-        raise BadInputError(f"unknown form {form!r} for {problem.kind}; "
-                            f"expected one of {', '.join(problem.forms)}")
+    form = resolve_form(problem, form)
     root = run_root(problem, form, cfg)
     payload = payload_text(problem, form)
     inputs = problem.make_inputs(cfg.seed)
@@ -237,6 +234,15 @@ def run_problem(problem: Problem, strategy: str, *, knobs: dict[str, str] | None
     if timing:
         time_builds(builds, inputs, cfg)
     return result
+
+
+def resolve_form(problem: Problem, form: str | None) -> str:
+    """`form`, or the problem's first; BadInputError for a form the problem does not have."""
+    form = form or problem.forms[0]
+    if form not in problem.forms:
+        raise BadInputError(f"unknown form {form!r} for {problem.kind}; "
+                            f"expected one of {', '.join(problem.forms)}")
+    return form
 
 
 def run_root(problem: Problem, form: str, cfg: HarnessConfig) -> Path:

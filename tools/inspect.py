@@ -9,7 +9,7 @@ from typing import Any
 from tdkit.strategies import registry
 from tdkit.tools.applied import check_applied
 from tdkit.tools.errors import NotAppliedError
-from tdkit.tools.harness import HarnessConfig, library_for, payload_text
+from tdkit.tools.harness import HarnessConfig, library_for, payload_text, resolve_form
 from tdkit.tools.toolchain import compile_module
 
 PASS = "iree-codegen-lower-executable-using-transform-dialect"
@@ -26,7 +26,7 @@ def strategy_ir(problem: Any, strategy: str, knobs: dict[str, str] | None, *, fo
     """Compile `problem` with `strategy`, printing each dispatch's IR right after its codegen
     (the transform strategy, or the IREE pipeline a configuring entry selected), and return
     the dumps of the dispatches the strategy lowered."""
-    payload = payload_text(problem, form or problem.forms[0])
+    payload = payload_text(problem, resolve_form(problem, form))
     library = library_for(problem, strategy, knobs)
     opts = replace(cfg.compile, extra_flags=(*cfg.compile.extra_flags,
                                              f"--mlir-print-ir-after={PASS}",

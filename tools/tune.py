@@ -29,7 +29,7 @@ from tdkit.strategies.base import KnobError
 from tdkit.tools import tunedb
 from tdkit.tools.errors import BadInputError
 from tdkit.tools.executors import Executor, make_executor
-from tdkit.tools.harness import HarnessConfig, payload_text
+from tdkit.tools.harness import HarnessConfig, payload_text, resolve_form
 from tdkit.tools.search import (
     SEARCHES,
     Point,
@@ -671,11 +671,7 @@ def tune(problem: Any, strategies: list[str], *, form: str | None = None,
     """Sweep each strategy's knob space for `problem`, one after the other."""
     cfg = cfg or HarnessConfig()
     tcfg = tcfg or TuneConfig()
-    form = form or problem.forms[0]
-    if form not in problem.forms:
-        raise BadInputError(f"unknown form {form!r} for {problem.kind}; "
-                            f"expected one of {', '.join(problem.forms)}")
-    target = problem_target(problem, form, cfg)
+    target = problem_target(problem, resolve_form(problem, form), cfg)
     return [Sweep(target, s, cfg, tcfg).run() for s in strategies]
 
 
