@@ -405,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=("local", "ray"),
                    help="local process pool (default) or a Ray cluster")
     p.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local one)")
-    p.add_argument("--baseline-every", type=int, default=16,
-                   help="re-measure IREE's default after this many benchmarks (default 16)")
+    p.add_argument("--baseline-every", type=int, default=24,
+                   help="re-measure IREE's default after this many benchmarks (default 24)")
     p.add_argument("--timeout-factor", type=float, default=10.0,
                    help="kill a compile/run after this many times the default's (default 10)")
     p.add_argument("--min-timeout", type=float, default=30.0, metavar="S",

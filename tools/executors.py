@@ -8,8 +8,8 @@ cores with a compile or another benchmark.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
@@ -25,13 +25,18 @@ from tdkit.tools.tune_tasks import (
 )
 
 EXECUTORS = ("local", "ray")
+Refill = Callable[[], BuildJob | None]
 
 
 class Executor(Protocol):
     name: str
     workers: int
 
-    def build(self, jobs: list[BuildJob]) -> Iterator[BuildOutcome]: ...
+    def build(self, jobs: list[BuildJob], refill: Refill | None = None
+              ) -> Iterator[BuildOutcome]:
+        """Build `jobs` in parallel, yielding outcomes as they finish; whenever a worker would
+        idle while others still build, take another job from `refill` (None: no more)."""
+        ...
 
     def measure(self, key: str, vmfb: Path) -> MeasureOutcome: ...
 
@@ -49,10 +54,19 @@ class LocalExecutor:
         self.workers = max(1, jobs or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tdkit-c")
 
-    def build(self, jobs: list[BuildJob]) -> Iterator[BuildOutcome]:
-        futures = [self._pool.submit(build_candidate, self.ctx, job) for job in jobs]
-        for fut in as_completed(futures):
-            yield fut.result()
+    def build(self, jobs: list[BuildJob], refill: Refill | None = None
+              ) -> Iterator[BuildOutcome]:
+        running = {self._pool.submit(build_candidate, self.ctx, job) for job in jobs}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+            while refill is not None and running and len(running) < self.workers:
+                job = refill()
+                if job is None:
+                    refill = None
+                else:
+                    running.add(self._pool.submit(build_candidate, self.ctx, job))
 
     def measure(self, key: str, vmfb: Path) -> MeasureOutcome:
         return measure_candidate(self.ctx, key, vmfb)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,19 @@ class RayExecutor:
         self._bench = bench_cls.options(scheduling_strategy=pin).remote(self._ctx)
         self._count = 0
 
-    def build(self, jobs: list[BuildJob]) -> Iterator[BuildOutcome]:
+    def build(self, jobs: list[BuildJob], refill: Callable[[], BuildJob | None] | None = None
+              ) -> Iterator[BuildOutcome]:
         ray = self.ray
         pending = {self._build.remote(self._ctx, job): job for job in jobs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(done[0])
+            while refill is not None and pending and len(pending) < self.workers:
+                more = refill()
+                if more is None:
+                    refill = None
+                else:
+                    pending[self._build.remote(self._ctx, more)] = more
             try:
                 out: BuildOutcome = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:

@@ -50,8 +50,8 @@ from tdkit.tools.tune_tasks import (
 from tdkit.tools.tunedb import Candidate, TuneDB, canonical_knobs
 
 DEFAULT_BUDGET = 50
-# Candidates built per round and worker: a round ends when its slowest compile does, so more
-# per round leaves workers idle less often (TPE then learns every BATCH_PER_WORKER x workers).
+# Candidates a round starts with, per worker (TPE learns once per round). While a slow compile
+# holds the round, idle workers take more, up to twice as many (see Sweep._evaluate).
 BATCH_PER_WORKER = 4
 
 
@@ -84,7 +84,7 @@ class TuneConfig:
     executor: str = "local"
     address: str | None = None
     space: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    baseline_every: int = 16
+    baseline_every: int = 24
     timeout_factor: float = 10.0
     min_timeout_s: float = 30.0
     repetitions: int = 3
@@ -480,53 +480,68 @@ class Sweep:
             point = {k: row.knob_values[k] for k in self.space}
             if in_space(point, self.space):
                 searcher.observe(point, row.time_ms if row.verified else None)
-        evaluated = self._evaluated()
+        self._searcher, self._by_key = searcher, by_key
+        self._done = self._evaluated()
         untuned = by_key.get(self.full_key(self.defaults))
-        bar = _progress(self.budget, evaluated, self.family.name, self.tcfg.progress)
-        self._bar = bar
-        queue: list[Any] = [] if untuned else [self.defaults]
+        self._bar = _progress(self.budget, self._done, self.family.name, self.tcfg.progress)
+        self._queue: list[Any] = [] if untuned else [self.defaults]
+        self._deferred: list[Any] = []
         searcher.seen.add(point_key(self.point_of(self.defaults)))
-        deadline = start + self.tcfg.time_limit_s if self.tcfg.time_limit_s else None
+        self._deadline = start + self.tcfg.time_limit_s if self.tcfg.time_limit_s else None
         try:
-            while evaluated < self.budget:
-                if deadline and time.monotonic() >= deadline:
-                    self.summary.stopped = "time limit"
+            while self._done < self.budget:
+                if self._past_deadline():
                     break
-                batch: list[tuple[BuildJob, Any, str]] = []
-                deferred: list[Any] = []
-                room = min(self.budget - evaluated, BATCH_PER_WORKER * executor.workers)
-                while len(batch) < room and evaluated + len(batch) < self.budget:
-                    if queue:
-                        knobs = queue.pop(0)
-                    else:
-                        point = searcher.ask()
-                        if point is None:
-                            break
-                        knobs = self.knobs_for(point)
-                    key = self.full_key(knobs)
-                    if any(job.key == key for job, _, _ in batch):
-                        continue
-                    if key in by_key:
-                        searcher.tell(self.point_of(knobs), _value(by_key[key]))
-                        continue
-                    job = self._prepare(knobs, key, by_key, searcher)
-                    if job is None:
-                        evaluated += by_key[key].status != tunedb.PRUNED
-                        continue
-                    if any(lib == job.library for _, _, lib in batch):
-                        deferred.append(knobs)  # same strategy as one in this batch: next
-                        continue  # round it copies that one's result instead of compiling
-                    batch.append((job, knobs, job.library))
-                queue[:0] = deferred
-                deferred.clear()
-                if not batch:
-                    if evaluated < self.budget:
+                self._round: list[tuple[BuildJob, Any, str]] = []
+                size = BATCH_PER_WORKER * executor.workers
+                first = []
+                while len(first) < size and (job := self._next_job()) is not None:
+                    first.append(job)
+                if not first:
+                    if self._done < self.budget and not self._past_deadline():
                         self.summary.stopped = "space exhausted"
                     break
-                evaluated += self._evaluate(batch, executor, searcher, by_key, deadline)
+                self._done += self._evaluate(first, executor, 2 * size)
+                self._queue[:0] = self._deferred
+                self._deferred.clear()
         finally:
-            bar.close()
+            self._bar.close()
             self.summary.untuned_ms = _value(by_key.get(self.full_key(self.defaults)))
+
+    def _past_deadline(self) -> bool:
+        if self._deadline and time.monotonic() >= self._deadline:
+            self.summary.stopped = "time limit"
+            return True
+        return False
+
+    def _next_job(self) -> BuildJob | None:
+        """The next candidate to compile in this round (recording pruned and duplicate ones
+        on the way), or None when the budget, the time or the space runs out."""
+        searcher, by_key = self._searcher, self._by_key
+        while self._done + len(self._round) < self.budget and not self._past_deadline():
+            if self._queue:
+                knobs = self._queue.pop(0)
+            else:
+                point = searcher.ask()
+                if point is None:
+                    return None
+                knobs = self.knobs_for(point)
+            key = self.full_key(knobs)
+            if any(job.key == key for job, _, _ in self._round):
+                continue
+            if key in by_key:
+                searcher.tell(self.point_of(knobs), _value(by_key[key]))
+                continue
+            job = self._prepare(knobs, key, by_key, searcher)
+            if job is None:
+                self._done += by_key[key].status != tunedb.PRUNED
+                continue
+            if any(lib == job.library for _, _, lib in self._round):
+                self._deferred.append(knobs)  # same strategy as one in this round: the next
+                continue  # round copies that one's result instead of compiling it again
+            self._round.append((job, knobs, job.library))
+            return job
+        return None
 
     def _prepare(self, knobs: Any, key: str, by_key: dict[str, Candidate],
                  searcher: Any) -> BuildJob | None:
@@ -550,13 +565,21 @@ class Sweep:
         return BuildJob(key, dataclasses.asdict(knobs), library,
                         self.root / hashlib.sha1(key.encode()).hexdigest()[:12])
 
-    def _evaluate(self, batch: list[tuple[BuildJob, Any, str]], executor: Executor,
-                  searcher: Any, by_key: dict[str, Candidate], deadline: float | None) -> int:
-        """Build a batch in parallel, then time its verified candidates one at a time."""
-        info = {job.key: (knobs, library) for job, knobs, library in batch}
-        dirs = {job.key: job.out_dir for job, _, _ in batch}
+    def _evaluate(self, first: list[BuildJob], executor: Executor, cap: int) -> int:
+        """Build a round in parallel, then time its verified candidates one at a time.
+
+        The round starts with `first`; while a slow compile still runs and a worker would
+        idle, it takes more candidates (up to `cap`), so a straggler does not hold the whole
+        machine. Benchmarks start only when every compile of the round is done."""
+        searcher, by_key = self._searcher, self._by_key
+
+        def refill() -> BuildJob | None:
+            return self._next_job() if len(self._round) < cap else None
+
         verified: list[BuildOutcome] = []
-        for out in executor.build([job for job, _, _ in batch]):
+        for out in executor.build(first, refill):
+            info = {job.key: (knobs, library) for job, knobs, library in self._round}
+            dirs = {job.key: job.out_dir for job, _, _ in self._round}
             knobs, library = info[out.key]
             if out.status != tunedb.OK:
                 row = self._row(knobs, out.status, reason=out.reason, compile_s=out.compile_s,
@@ -567,11 +590,12 @@ class Sweep:
                 searcher.tell(self.point_of(knobs), None)
             else:
                 verified.append(out)
-        recorded = len(batch) - len(verified)
+        recorded = len(self._round) - len(verified)
+        info = {job.key: (knobs, library) for job, knobs, library in self._round}
+        dirs = {job.key: job.out_dir for job, _, _ in self._round}
         for out in sorted(verified, key=lambda o: o.key):
             knobs, library = info[out.key]
-            if deadline and time.monotonic() >= deadline:
-                self.summary.stopped = "time limit"
+            if self._past_deadline():
                 continue  # verified but not timed: not recorded, a rerun does it again
             common = dict(compile_s=out.compile_s, strategy_hash=_sha(library),
                           binary_hash=out.binary_hash, max_abs_err=out.max_abs_err,
