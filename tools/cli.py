@@ -283,6 +283,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                       address=args.address, space=space, baseline_every=args.baseline_every,
                       timeout_factor=args.timeout_factor, min_timeout_s=args.min_timeout,
                       repetitions=args.repetitions, confirm_rounds=args.confirm_rounds,
+                      confirm_top=args.confirm_top,
                       progress=False if args.no_progress else None)
     if is_file:
         summaries = tune_file(Path(args.problem), strategies, inputs=args.input,
@@ -409,11 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-measure IREE's default after this many benchmarks (default 24)")
     p.add_argument("--timeout-factor", type=float, default=10.0,
                    help="kill a compile/run after this many times the default's (default 10)")
-    p.add_argument("--min-timeout", type=float, default=30.0, metavar="S",
-                   help="but never before S seconds (default 30)")
+    p.add_argument("--min-timeout", type=float, default=60.0, metavar="S",
+                   help="but never before S seconds (default 60)")
     p.add_argument("--repetitions", type=int, default=3, help="benchmark repetitions")
     p.add_argument("--confirm-rounds", type=int, default=3, help="final side-by-side rounds "
-                   "of default, untuned defaults and best (0 = skip)")
+                   "of default, untuned defaults and the fastest candidates (0 = skip)")
+    p.add_argument("--confirm-top", type=int, default=3, help="how many of the fastest "
+                   "candidates the final rounds re-time; the best is chosen from them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_tune)
 

@@ -31,7 +31,9 @@ class SweepReport:
 
     @property
     def best(self) -> tunedb.Candidate | None:
-        return min(self.verified, key=lambda r: (r.time_ms, r.id), default=None)
+        """As `TuneDB.best`: the confirmed finalists first, then the sweep's own times."""
+        return min(self.verified, default=None,
+                   key=lambda r: (r.confirmed_ms is None, r.confirmed_ms or 0, r.time_ms, r.id))
 
     @property
     def default_ms(self) -> float | None:
@@ -152,6 +154,10 @@ def _markdown(reports: list[SweepReport], db_path: Path, out: Path) -> str:
             lines.append(f"IREE default: {rep.default_ms:.4f} ms (median of "
                          f"{len(rep.baselines)} measurements during the sweep)  ")
         if best:
+            if best.confirmed_ms:
+                finalists = ", ".join(f"{r.id}: {r.confirmed_ms:.4f} ms"
+                                      for r in rep.verified if r.confirmed_ms)
+                lines.append(f"Finalists re-timed side by side at the end: {finalists}  ")
             lines.append(f"Best: candidate {best.id}, {best.time_ms:.4f} ms"
                          + (f", {rep.default_ms / best.time_ms:.2f}x IREE default"
                             if rep.default_ms else "")

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     samples TEXT,                   -- JSON list of ms
     baseline_ms REAL,               -- IREE default, latest measurement before this one
     speedup REAL,                   -- baseline_ms / time_ms
+    confirmed_ms REAL,              -- re-timed side by side with the sweep's other finalists
     max_abs_err REAL,
     tolerance REAL,
     binary_hash TEXT,               -- sha256 of the .vmfb
@@ -101,6 +102,7 @@ class Candidate:
     samples: str | None = None
     baseline_ms: float | None = None
     speedup: float | None = None
+    confirmed_ms: float | None = None
     max_abs_err: float | None = None
     tolerance: float | None = None
     binary_hash: str | None = None
@@ -198,13 +200,29 @@ class TuneDB:
 
     def best(self, problem: str, strategy: str | None = None,
              tool_versions: str | None = None) -> Candidate | None:
-        """The fastest verified candidate of a problem (never a failed or miscompiled one)."""
+        """The fastest verified candidate of a problem (never a failed or miscompiled one):
+        by confirmed time among the finalists re-timed side by side, if any, else by the
+        sweep's own time."""
         where, args = _where(problem=problem, strategy=strategy, tool_versions=tool_versions)
         status = ", ".join(f"'{s}'" for s in VERIFIED)
         row = self.conn.execute(
             f"SELECT * FROM candidates {where} AND status IN ({status}) AND time_ms IS NOT NULL "
-            f"ORDER BY time_ms, id LIMIT 1", args).fetchone()
+            f"ORDER BY confirmed_ms IS NULL, confirmed_ms, time_ms, id LIMIT 1", args).fetchone()
         return _candidate(row) if row else None
+
+    def set_confirmed(self, problem: str, strategy: str, tool_versions: str,
+                      times: dict[int, float]) -> None:
+        """Record side-by-side times of a sweep's finalists (clearing its earlier ones)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("UPDATE candidates SET confirmed_ms=NULL WHERE problem=? AND "
+                              "strategy=? AND tool_versions=?", (problem, strategy, tool_versions))
+            self.conn.executemany("UPDATE candidates SET confirmed_ms=? WHERE id=?",
+                                  [(ms, cid) for cid, ms in times.items()])
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     # ------------------------------------------------------------------ baselines
 

@@ -212,3 +212,30 @@ def _processes_in(directory: Path) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_finalists_are_retimed_side_by_side_and_the_best_comes_from_them(tmp_path: Path) -> None:
+    rc, out, err = tune(tmp_path, "--search", "grid", "--space", "rows_per_workgroup=1,2,4,8",
+                        *FIXED, "--confirm-rounds", "2", "--confirm-top", "2")
+    assert rc == 0, err
+    sweep = out["sweeps"][0]
+    cands = rows(tmp_path / "t.db")
+    confirmed = [c for c in cands if c.confirmed_ms is not None]
+    # the two fastest by the sweep's own times, plus the untuned defaults if not among them
+    fastest = sorted((c for c in cands if c.status == tunedb.OK), key=lambda c: c.time_ms)[:2]
+    assert {c.id for c in fastest} <= {c.id for c in confirmed}
+    assert 2 <= len(confirmed) <= 3
+    winner = min(confirmed, key=lambda c: c.confirmed_ms)
+    assert sweep["best_id"] == winner.id
+    assert sweep["confirmed_ms"]["best"] == winner.confirmed_ms
+    assert sweep["confirmed_ms"]["default"] > 0
+
+
+def test_time_limit_stops_the_sweep(tmp_path: Path) -> None:
+    start = time.monotonic()
+    rc, out, err = tune(tmp_path, "--search", "random", "--budget", "100", "--time-limit", "10",
+                        *FIXED[:2], "--jobs", "1")
+    assert rc == 0, err
+    sweep = out["sweeps"][0]
+    assert sweep["stopped"] == "time limit" and 1 <= sweep["evaluated"] < 100
+    assert time.monotonic() - start < 120
