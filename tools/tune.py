@@ -693,11 +693,10 @@ def _slug(text: str) -> str:
 def _progress(total: int, initial: int, desc: str, enabled: bool | None) -> Any:
     from tqdm import tqdm
 
-    disable = (not sys.stderr.isatty()) if enabled is None else not enabled
-    if os.environ.get("TDKIT_NO_PROGRESS"):
-        disable = True
+    if enabled is None:  # auto: on a terminal, unless $TDKIT_NO_PROGRESS is set
+        enabled = sys.stderr.isatty() and not os.environ.get("TDKIT_NO_PROGRESS")
     return tqdm(total=total, initial=min(initial, total), desc=desc, unit="cand",
-                file=sys.stderr, disable=disable, dynamic_ncols=True)
+                file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
 
 def tune(problem: Any, strategies: list[str], *, form: str | None = None,

@@ -239,3 +239,19 @@ def test_time_limit_stops_the_sweep(tmp_path: Path) -> None:
     sweep = out["sweeps"][0]
     assert sweep["stopped"] == "time limit" and 1 <= sweep["evaluated"] < 100
     assert time.monotonic() - start < 120
+
+
+def test_progress_bar_shows_done_failures_and_best(tmp_path: Path, capsys) -> None:
+    from tdkit.matchers.problems import Softmax
+    from tdkit.tools.harness import HarnessConfig
+    from tdkit.tools.tune import TuneConfig
+    from tdkit.tools.tune import tune as run_tune
+
+    (summary,) = run_tune(Softmax((64, 256)), ["softmax_cpu"],
+                          cfg=HarnessConfig(artifacts=tmp_path / "art"),
+                          tcfg=TuneConfig(db=tmp_path / "t.db", budget=3, search="random",
+                                          confirm_rounds=0, progress=True))
+    assert summary.evaluated == 3
+    err = capsys.readouterr().err
+    assert "softmax_cpu" in err and "3/3" in err
+    assert "fail=0" in err and "best=" in err and "x" in err.split("best=")[-1]
