@@ -168,8 +168,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if Path(args.problem).suffix in (".mlir", ".onnx"):
         return _run_file(args)
     problem = _problem(args)
-    if args.input or args.output_dir or args.function:
-        raise BadInputError("--input/--output-dir/--function apply to 'tdkit run FILE.mlir'")
+    if args.input or args.output_dir or args.function or args.no_raise:
+        raise BadInputError("--input/--output-dir/--function/--no-raise apply to "
+                            "'tdkit run FILE.mlir'")
     strategy = _strategy(args, problem.kind)
     cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
     res = run_problem(problem, strategy, knobs=_knobs(args), form=args.form,
@@ -192,10 +193,12 @@ def _run_file(args: argparse.Namespace) -> int:
         from tdkit.tools.modules import run_onnx
 
         res = run_onnx(path, strategies=strategies, inputs=args.input,
-                       output_dir=args.output_dir, cfg=cfg, timing=not args.no_time)
+                       output_dir=args.output_dir, cfg=cfg, timing=not args.no_time,
+                       raise_attention=not args.no_raise)
     else:
         res = run_file(path, strategies=strategies, inputs=args.input, function=args.function,
-                       output_dir=args.output_dir, cfg=cfg, timing=not args.no_time)
+                       output_dir=args.output_dir, cfg=cfg, timing=not args.no_time,
+                       raise_attention=not args.no_raise)
     d = res.as_dict()
     human = [f"{path}  strategy={d['strategy']}  targeted dispatches: {d['targeted']}",
              "  dispatches: " + ", ".join(f"{x['name']} [{x['strategy']}]"
@@ -370,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, help="FILE.mlir: where outputs are saved as .npy")
     p.add_argument("--function", help="FILE.mlir: function to run (default @main)")
     p.add_argument("--no-time", action="store_true", help="skip timing")
+    p.add_argument("--no-raise", action="store_true", help="FILE: do not raise unfused "
+                   "attention chains to one attention op before dispatch formation")
     p.add_argument("--rounds", type=int, default=2, help="timing rounds (default 2)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.set_defaults(fn=cmd_run)

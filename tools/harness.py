@@ -152,12 +152,13 @@ def library_for(problem: Problem, strategy: str, knobs: dict[str, str] | None) -
 
 
 def compile_linked(payload: str, out_dir: Path, cfg: HarnessConfig,
-                   strategy: str | None = None) -> tuple[Artifact, list[str]]:
+                   strategy: str | None = None, preprocessing: str | None = None
+                   ) -> tuple[Artifact, list[str]]:
     """Compile; if embedded linking fails on a libm symbol (IREE 3.13 emits `fmaxf` calls for
     f16 max on CPUs without AVX512-FP16), retry once with the system linker and say so."""
     try:
         art = compile_module(payload, out_dir, cfg.compile, strategy=strategy,
-                             compiler=cfg.compiler)
+                             compiler=cfg.compiler, preprocessing=preprocessing)
         return art, []
     except ToolError as err:
         if "undefined symbol" not in err.stderr or not cfg.compile.link_embedded:
@@ -165,7 +166,8 @@ def compile_linked(payload: str, out_dir: Path, cfg: HarnessConfig,
         symbol = next((ln.strip() for ln in err.stderr.splitlines()
                        if "undefined symbol" in ln), "undefined symbol")
         opts = replace(cfg.compile, link_embedded=False)
-        art = compile_module(payload, out_dir, opts, strategy=strategy, compiler=cfg.compiler)
+        art = compile_module(payload, out_dir, opts, strategy=strategy, compiler=cfg.compiler,
+                             preprocessing=preprocessing)
         return art, [f"embedded link failed ({symbol[:120]}); "
                      "rebuilt with --iree-llvmcpu-link-embedded=false"]
 

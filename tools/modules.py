@@ -19,6 +19,7 @@ from tdkit.strategies.base import KnobError
 from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
 from tdkit.tools.errors import BadInputError, NotAppliedError, ToolError
 from tdkit.tools.harness import Build, HarnessConfig, compile_default, compile_linked, time_builds
+from tdkit.tools.raising import RaisePlan, plan_raising
 from tdkit.tools.toolchain import RunOptions, import_onnx, run_module
 from tdkit.tools.verify import Verdict, compare
 
@@ -159,6 +160,7 @@ class ModuleRun:
     inputs: list[np.ndarray] = field(default_factory=list, repr=False)
     values: list[np.ndarray] = field(default_factory=list, repr=False)
     onnxruntime: list[Verdict] | None = None  # outputs vs onnxruntime (ONNX models only)
+    raising: RaisePlan | None = None  # what was raised before dispatch formation
 
     @property
     def ok(self) -> bool:
@@ -175,7 +177,10 @@ class ModuleRun:
             "reason": next((v.reason for v in self.verdicts if not v.ok), ""),
             "outputs": [str(p) for p in self.outputs], "artifacts": str(self.main.artifact.dir),
             "notes": self.main.notes + self.default.notes,
+            "default_dispatches": [d.as_dict() for d in self.default.dispatches],
         }
+        if self.raising is not None:
+            out.update(self.raising.as_dict())
         if self.onnxruntime is not None:
             out["onnxruntime_max_abs_err"] = max(v.max_abs_err for v in self.onnxruntime)
             out["onnxruntime_ok"] = all(v.ok for v in self.onnxruntime)
@@ -189,9 +194,12 @@ class ModuleRun:
 
 
 def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], function: str | None,
-             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True) -> ModuleRun:
+             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True,
+             raise_attention: bool = True) -> ModuleRun:
     """Compile `path` with every applicable tdkit strategy (or the named ones), run it and IREE's
-    default build on the same inputs, save outputs, and compare the two."""
+    default build on the same inputs, save outputs, and compare the two. With
+    `raise_attention`, unfused attention chains are first raised to one attention op each
+    (`tdkit.tools.raising`); IREE's default build stays as written."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -207,7 +215,11 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
         raise BadInputError(f"invalid knob: {err}") from None
     library = registry.library_text(entries)
     root = cfg.root() / path.stem / time.strftime("%Y%m%d-%H%M%S")
-    art, notes = compile_linked(text, root / "tdkit", cfg, strategy=library)
+    plan = plan_raising(text, root / "preprocessing", cfg) if raise_attention else None
+    art, notes = compile_linked(text, root / "tdkit", cfg, strategy=library,
+                                preprocessing=plan.spec if plan else None)
+    if plan is not None:
+        notes = plan.notes() + notes
     infos = dispatches(art)
     targeted = [d for d in infos if any(f.targets(d) for f in fams)]
     if targeted:
@@ -225,7 +237,8 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
     run_opts = RunOptions(function=sig.function)
     got = run_module(art.vmfb, arrays, specs, root / "tdkit" / "run", run_opts)
     want = run_module(dart.vmfb, arrays, specs, root / "default" / "run", run_opts)
-    result = ModuleRun(path, main, default, targeted=targeted, inputs=arrays, values=got)
+    result = ModuleRun(path, main, default, targeted=targeted, inputs=arrays, values=got,
+                       raising=plan)
     for g, w, (_, dtype) in zip(got, want, specs, strict=True):
         result.verdicts.append(compare(g, w.astype(np.float64), _tolerance(dtype)))
     out_dir = output_dir or root / "outputs"
@@ -252,12 +265,14 @@ def import_model(path: Path, out_dir: Path, cfg: HarnessConfig) -> Path:
 
 
 def run_onnx(path: Path, *, strategies: list[str] | None, inputs: list[str],
-             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True) -> ModuleRun:
+             output_dir: Path | None, cfg: HarnessConfig, timing: bool = True,
+             raise_attention: bool = True) -> ModuleRun:
     """Import an ONNX model with iree-import-onnx, run it like a payload file, and compare its
     outputs with onnxruntime on the same inputs (when the `onnx` extra is installed)."""
     mlir = import_model(path, cfg.root() / path.stem / "import", cfg)
     result = run_file(mlir, strategies=strategies, inputs=inputs, function=None,
-                      output_dir=output_dir, cfg=cfg, timing=timing)
+                      output_dir=output_dir, cfg=cfg, timing=timing,
+                      raise_attention=raise_attention)
     try:
         import onnxruntime
     except ImportError:

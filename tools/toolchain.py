@@ -66,7 +66,8 @@ class CompileOptions:
 
 
 def compile_argv(compiler: str, source: Path, output: Path, opts: CompileOptions, *,
-                 library: Path | None = None, dump_configurations: Path | None = None) -> list[str]:
+                 library: Path | None = None, dump_configurations: Path | None = None,
+                 preprocessing: Path | None = None) -> list[str]:
     """The exact iree-compile command line for one compile (pure: no I/O)."""
     if opts.target not in TARGET_FLAGS:
         raise ValueError(f"unknown target {opts.target!r}; expected one of {sorted(TARGET_FLAGS)}")
@@ -79,6 +80,8 @@ def compile_argv(compiler: str, source: Path, output: Path, opts: CompileOptions
         argv.append(f"--iree-cuda-target={opts.gpu_arch or 'sm_80'}")
     elif opts.target == "rocm":
         argv.append(f"--iree-rocm-target={opts.gpu_arch or 'gfx942'}")
+    if preprocessing is not None:
+        argv.append(f"--iree-preprocessing-transform-spec-filename={preprocessing}")
     if library is not None:
         argv.append(f"--iree-codegen-transform-dialect-library={library}@{opts.library_entry}")
     if dump_configurations is not None:
@@ -212,9 +215,12 @@ class Artifact:
 
 
 def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOptions(), *,
-                   strategy: str | None = None, compiler: str | None = None) -> Artifact:
+                   strategy: str | None = None, compiler: str | None = None,
+                   preprocessing: str | None = None) -> Artifact:
     """Compile MLIR text `payload` (with transform library text `strategy`, if any) into
-    `out_dir`, writing payload.mlir, strategy.mlir, command.txt, stderr.txt and module.vmfb.
+    `out_dir`, writing payload.mlir, strategy.mlir, command.txt, stderr.txt and module.vmfb;
+    `preprocessing` is a preprocessing transform spec (raise.mlir) run before dispatch
+    formation.
 
     Dispatch configurations are dumped to out_dir/configurations so callers can check which
     pipeline each dispatch got."""
@@ -233,10 +239,15 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
     # module, and relative ones make the same payload + strategy give the same bytes in any
     # directory (`tdkit tune` deduplicates candidates by binary hash).
     rel = Path(".")
+    spec = None
+    if preprocessing is not None:
+        spec = out_dir / "raise.mlir"
+        spec.write_text(preprocessing)
     argv = compile_argv(os.path.abspath(find_tool("iree-compile", compiler)),
                         rel / source.name, rel / vmfb.name, opts,
                         library=None if library is None else rel / library.name,
-                        dump_configurations=rel / configs.name)
+                        dump_configurations=rel / configs.name,
+                        preprocessing=None if spec is None else rel / spec.name)
     repro = f"cd {shlex.quote(str(out_dir))} && " + shlex.join(argv)
     (out_dir / "command.txt").write_text(repro + "\n")
     try:

@@ -48,8 +48,10 @@ def test_run_onnx_model_against_onnxruntime(tmp_path: Path,
     d = json.loads(capsys.readouterr().out)
     assert rc == 0, d
     assert d["ok"] and d["onnxruntime_ok"] and d["onnxruntime_max_abs_err"] < 2e-5
-    assert d["targeted"] >= 1 and any(x["strategy"].startswith("tdkit_softmax_cpu")
-                                      for x in d["dispatches"])
+    # raised: IREE's three dispatches (matmul, softmax, matmul) become one flash dispatch
+    assert len(d["raised"]) == 1 and d["not_raised"] == []
+    assert [x["strategy"] for x in d["dispatches"]] == ["tdkit_attention_flash_b_f32"]
+    assert len(d["default_dispatches"]) >= 3
     out = np.load(tmp_path / "out" / "output0.npy")
     q, k, v = (np.load(tmp_path / f"{n}.npy").astype(np.float64) for n in "qkv")
     s = q @ np.swapaxes(k, -1, -2) / np.sqrt(D)
@@ -61,6 +63,14 @@ def test_run_onnx_model_against_onnxruntime(tmp_path: Path,
     rc = main(["run", str(imported[0]), "--json", "--no-time"])
     d = json.loads(capsys.readouterr().out)
     assert rc == 0 and d["ok"], d
+    assert len(d["dispatches"]) == 1
+
+    # without raising, the softmax dispatch gets the softmax strategy
+    rc = main(["run", str(imported[0]), "--json", "--no-time", "--no-raise"])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["ok"], d
+    assert "raised" not in d and len(d["dispatches"]) >= 3
+    assert any(x["strategy"].startswith("tdkit_softmax_cpu") for x in d["dispatches"])
 
 
 def test_malformed_onnx_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,130 @@
+"""Raising exporter-style attention (ONNX MatMul -> scale -> Softmax -> MatMul) to one attention
+dispatch, and leaving look-alikes alone: every model is checked against onnxruntime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tdkit.tools.cli import main
+
+H = 2
+
+
+def _model(path: Path, *, m: int = 48, k2: int = 48, d: int = 16, scale: str = "div",
+           axis: int = -1, mask: str = "") -> None:
+    """Q [1,H,M,D], K/V [1,H,K2,D] -> MatMul(Q, K^T) -> scale -> [mask] -> Softmax -> MatMul."""
+    inputs = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, H, m, d]),
+              helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, H, k2, d]),
+              helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, H, k2, d])]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"])]
+    inits = []
+    scores = "s"
+    if scale == "div":
+        inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [float(np.sqrt(d))]))
+        nodes.append(helper.make_node("Div", ["s", "c"], ["ss"]))
+        scores = "ss"
+    elif scale == "mul":
+        inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [0.3]))
+        nodes.append(helper.make_node("Mul", ["s", "c"], ["ss"]))
+        scores = "ss"
+    if mask == "add":
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 1, k2]))
+        nodes.append(helper.make_node("Add", [scores, "mask"], ["sm"]))
+        scores = "sm"
+    elif mask == "causal":
+        keep = np.tril(np.ones((m, k2), dtype=bool))
+        inits.append(helper.make_tensor("keep", TensorProto.BOOL, [1, 1, m, k2],
+                                        keep.reshape(-1).tolist()))
+        inits.append(helper.make_tensor("low", TensorProto.FLOAT, [],
+                                        [float(np.finfo(np.float32).min)]))
+        nodes.append(helper.make_node("Where", ["keep", scores, "low"], ["sm"]))
+        scores = "sm"
+    nodes += [helper.make_node("Softmax", [scores], ["p"], axis=axis),
+              helper.make_node("MatMul", ["p", "v"], ["o"])]
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, H, m, d])
+    graph = helper.make_graph(nodes, "block", inputs, [out], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> dict:
+    model = tmp_path / "m.onnx"
+    _model(model, **kw)
+    rc = main(["run", str(model), "--json", "--no-time", "--artifacts", str(tmp_path / "a")])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0, d
+    assert d["ok"] and d["onnxruntime_ok"], d
+    return d
+
+
+@pytest.mark.parametrize("kw", [dict(scale="mul"), dict(scale="none"),
+                                dict(m=40, k2=72, scale="div")],
+                         ids=["mul-scale", "no-scale", "cross-40x72"])
+def test_raised_to_one_flash_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      kw: dict) -> None:
+    d = _run(tmp_path, capsys, **kw)
+    assert len(d["raised"]) == 1 and d["not_raised"] == []
+    assert [x["strategy"] for x in d["dispatches"]] == ["tdkit_attention_flash_b_f32"]
+    assert len(d["default_dispatches"]) >= 3
+    scale = {"mul": 0.3, "none": 1.0}.get(kw["scale"], 0.25)
+    assert f"scale={scale:.6g}" in d["raised"][0]
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(axis=2), "another axis"),
+    (dict(mask="add"), "additive mask"),
+    (dict(mask="causal"), "select"),
+], ids=["softmax-over-queries", "additive-mask", "causal-where"])
+def test_look_alikes_are_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    kw: dict, reason: str) -> None:
+    d = _run(tmp_path, capsys, **kw)
+    assert d["raised"] == []
+    assert len(d["not_raised"]) == 1 and reason in d["not_raised"][0]["reason"]
+    assert len(d["dispatches"]) >= 2  # IREE's own dispatches, untouched
+    assert any(f"not raised: {d['not_raised'][0]['where']}" in n for n in d["notes"])
+
+
+def test_raising_spec_is_built_from_the_modules_own_ir(tmp_path: Path, filecheck) -> None:
+    from tdkit.tools.harness import HarnessConfig
+    from tdkit.tools.modules import import_model
+    from tdkit.tools.raising import plan_raising
+
+    model = tmp_path / "m.onnx"
+    _model(model)
+    cfg = HarnessConfig(artifacts=tmp_path / "a")
+    text = import_model(model, tmp_path / "import", cfg).read_text()
+    plan = plan_raising(text, tmp_path / "pre", cfg)
+    assert plan.raised and plan.spec
+    filecheck(plan.spec, """
+        CHECK: module attributes {transform.with_named_sequence}
+        CHECK: util.func private @tdkit_raised_attention_0(
+        CHECK-SAME: %{{[a-z0-9_]+}}: [[T:tensor<1x2x48x16xf32>]],
+        CHECK-SAME: %{{[a-z0-9_]+}}: [[T]], %{{[a-z0-9_]+}}: [[T]]) -> [[T]]
+        CHECK: iree_linalg_ext.attention
+        CHECK: util.return
+        CHECK: transform.named_sequence @tdkit_match_attention_0(
+        CHECK: transform.iree.match.cast_compatible_dag_from_root
+        CHECK-NEXT: ^bb0(%{{[a-z0-9_]+}}: [[T]], %{{[a-z0-9_]+}}: [[T]], %{{[a-z0-9_]+}}: [[T]]):
+        CHECK: linalg.transpose
+        CHECK: linalg.batch_matmul
+        CHECK: arith.divf
+        CHECK: arith.maximumf
+        CHECK: math.exp
+        CHECK: arith.addf
+        CHECK: linalg.batch_matmul
+        CHECK: tensor.expand_shape
+        CHECK: transform.named_sequence @tdkit_raise_attention_0(
+        CHECK: transform.util.import_symbol @tdkit_raised_attention_0
+        CHECK: transform.util.cast_and_call
+        CHECK: transform.named_sequence @__transform_main(
+        CHECK: transform.foreach_match in %{{.*}}
+        CHECK-NEXT: @tdkit_match_attention_0 -> @tdkit_raise_attention_0
+        CHECK: transform.apply_dce
+        CHECK: transform.apply_registered_pass "inline"
+    """)
