@@ -30,6 +30,9 @@ from tdkit.matchers.dtypes import DType
 _INTERIOR = ("linalg.", "tensor.collapse_shape", "tensor.expand_shape", "tensor.empty",
              "arith.constant")
 _ELEMENT = {"f32": DType.F32, "f16": DType.F16, "bf16": DType.BF16}
+MASK_NONE, MASK_ADD, MASK_KEEP = "none", "additive", "boolean"
+# A Where(keep, scores, low) mask is raised when `low` is at most this (finfo.min or -inf).
+MASK_LOW = -1e30
 
 
 @dataclass
@@ -46,12 +49,17 @@ class AttentionChain:
     n: int
     scale: float
     dtype: DType
+    mask: str = MASK_NONE  # MASK_NONE, MASK_ADD (additive, input type) or MASK_KEEP (i1)
+    # For each dim of the mask operand: the scores dim it follows (batch..., m, k2 as 0..nb+1)
+    # or None where it broadcasts (a size-1 dim read at index 0).
+    mask_dims: tuple[int | None, ...] = ()
     notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         dims = "x".join(str(s) for s in (*self.batch, self.m, self.k2, self.d))
-        return f"attention {dims} n={self.n} scale={self.scale:.6g} {self.dtype}"
+        mask = "" if self.mask == MASK_NONE else f" {self.mask} mask"
+        return f"attention {dims} n={self.n} scale={self.scale:.6g}{mask} {self.dtype}"
 
 
 @dataclass
@@ -148,15 +156,12 @@ def _chain(pv: ir.Operation) -> AttentionChain:
         raise _NotAttention("the softmax reduces over another axis than the keys")
     if _iterators(total)[-1] != "reduction":
         raise _NotAttention("the softmax sum reduces over another axis than the keys")
+    # mask: scores = scaled + mask, or select(keep, scaled, low)
+    mask, mask_kind, mask_dims, scores = _mask(scores)
     # scale: scores = qk / c or qk * c (or qk itself: scale 1)
     scaled = _op(scores)
     if _name(scaled) == "linalg.generic":
         body = _body_ops(scaled)
-        if "arith.select" in body:
-            raise _NotAttention("the scores are masked with a select (causal Where): not "
-                                "raised by this version")
-        if "arith.addf" in body:
-            raise _NotAttention("the scores get an additive mask: not raised by this version")
         if len(scaled.operands) != 3:  # qk, constant, init
             raise _NotAttention("the scores take extra inputs: not raised by this version")
         if "arith.divf" in body:
@@ -194,10 +199,94 @@ def _chain(pv: ir.Operation) -> AttentionChain:
         root = users[0].operation
     if _shape(root.results[0]) != (*q_shape[:-1], v_shape[-1]):
         raise _NotAttention("the output is reshaped differently from Q's batch dims")
-    ops = _dag(root, {q, k, v})
-    return AttentionChain(root=root, ops=ops, inputs=[q, k, v], batch=tuple(q_shape[:-2]),
+    inputs = [q, k, v] + ([mask] if mask is not None else [])
+    ops = _dag(root, set(inputs))
+    return AttentionChain(root=root, ops=ops, inputs=inputs, batch=tuple(q_shape[:-2]),
                           m=q_shape[-2], k2=k_shape[-2], d=q_shape[-1], n=v_shape[-1],
-                          scale=scale, dtype=_ELEMENT[elem])
+                          scale=scale, dtype=_ELEMENT[elem], mask=mask_kind,
+                          mask_dims=mask_dims)
+
+
+def _map_dims(generic: ir.Operation, operand: int) -> list[int | None] | None:
+    """The iteration dim each result of operand `operand`'s indexing map reads, None for a
+    constant 0; None if the map is anything else."""
+    amap = ir.AffineMapAttr(ir.ArrayAttr(generic.attributes["indexing_maps"])[operand]).value
+    dims: list[int | None] = []
+    for expr in amap.results:
+        expr = expr.maybe_downcast()
+        if isinstance(expr, ir.AffineDimExpr):
+            dims.append(expr.position)
+        elif isinstance(expr, ir.AffineConstantExpr) and expr.value == 0:
+            dims.append(None)
+        else:
+            return None
+    return dims
+
+
+def _mask(scores: ir.Value) -> tuple[ir.Value | None, str, tuple[int | None, ...], ir.Value]:
+    """(mask value, kind, dims, scores before the mask) if `scores` is masked, else
+    (None, MASK_NONE, (), scores)."""
+    op = _op(scores)
+    if _name(op) != "linalg.generic":
+        return None, MASK_NONE, (), scores
+    body = [n for n in _body_ops(op) if n != "linalg.yield"]
+    rank = len(_shape(scores))
+    ident = list(range(rank))
+    if body == ["arith.addf"] and len(op.operands) == 3:
+        first, second = _map_dims(op, 0), _map_dims(op, 1)
+        if first == ident and _is_scores(op.operands[0]):
+            which, dims = 1, second
+        elif second == ident and _is_scores(op.operands[1]):
+            which, dims = 0, first
+        else:
+            return None, MASK_NONE, (), scores
+        mask = op.operands[which]
+        _check_mask_dims(mask, dims, rank)
+        if None in dims:
+            # tdkit's attention strategies take an additive mask shaped like the scores;
+            # raising a broadcast one would leave the attention dispatch to IREE's default
+            raise _NotAttention("the additive mask broadcasts over "
+                                + ", ".join(_DIM_NAMES(rank)[i] for i, d in enumerate(dims)
+                                            if d is None)
+                                + ": not supported by tdkit's attention strategies yet")
+        return mask, MASK_ADD, tuple(dims), op.operands[1 - which]
+    if body == ["arith.select"] and len(op.operands) == 4:
+        if _map_dims(op, 1) != ident:
+            raise _NotAttention("the select does not keep the scores in place")
+        low = _constant_scalar(op.operands[2])
+        if low > MASK_LOW:
+            raise _NotAttention(f"the select fills masked scores with {low:g}, not -inf or "
+                                f"finfo.min: not a mask")
+        mask, dims = op.operands[0], _map_dims(op, 0)
+        _check_mask_dims(mask, dims, rank)
+        return mask, MASK_KEEP, tuple(dims), op.operands[1]
+    return None, MASK_NONE, (), scores
+
+
+def _DIM_NAMES(rank: int) -> list[str]:  # noqa: N802
+    """Names of the scores dims: batch dims, then the queries and the keys."""
+    return [f"batch dim {i}" for i in range(rank - 2)] + ["the queries", "the keys"]
+
+
+def _is_scores(value: ir.Value) -> bool:
+    """Whether `value` is (a scaling of) a Q·K^T batch_matmul result."""
+    op = _op(_through(value, "tensor.expand_shape"))
+    if _name(op) == "linalg.generic":
+        op = _op(_through(op.operands[0], "tensor.expand_shape"))
+    return _name(op) == "linalg.batch_matmul"
+
+
+def _check_mask_dims(mask: ir.Value, dims: list[int | None] | None, rank: int) -> None:
+    shape = _shape(mask)
+    if dims is None or len(dims) != len(shape):
+        raise _NotAttention("the mask's indexing is not a broadcast of the scores' dims")
+    kept = [d for d in dims if d is not None]
+    if kept != sorted(kept) or len(set(kept)) != len(kept):
+        raise _NotAttention("the mask's dims are permuted against the scores")
+    if any(d is None and size != 1 for d, size in zip(dims, shape, strict=True)):
+        raise _NotAttention("the mask broadcasts a dim that is not of size 1")
+    if rank - 1 not in kept:
+        raise _NotAttention("the mask does not vary along the keys: not an attention mask")
 
 
 def _dag(root: ir.Operation, inputs: set[ir.Value]) -> list[ir.Operation]:

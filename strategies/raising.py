@@ -7,7 +7,7 @@ For every chain `tdkit.matchers.frontend.find_attention` recognized, the spec ho
   ops, attributes, constants and static shapes; block arguments Q, K, V), so it matches that
   chain and nothing that merely resembles it;
 - an implementation `@tdkit_raised_attention_<i>(Q, K, V)`: one `iree_linalg_ext.attention`
-  with the chain's batch dims and scale (built by `Attention.build_payload`);
+  with the chain's batch dims, scale and mask (i1 masks keep where true);
 - an action `@tdkit_raise_attention_<i>`: import the implementation into the module and
   `transform.util.cast_and_call` it in place of the chain's result;
 - `@__transform_main`: `foreach_match` over every `util.func`, then dead-code elimination and
@@ -18,13 +18,15 @@ Used as `iree-compile --iree-preprocessing-transform-spec-filename=raise.mlir`.
 
 from __future__ import annotations
 
+import math
+
 from iree.compiler import ir
+from iree.compiler.dialects import arith, tensor, transform, util
 from iree.compiler.dialects import preprocessing_transform as pre
-from iree.compiler.dialects import transform, util
 from iree.compiler.dialects.transform import structured
 
-from tdkit.matchers.attention_problem import Attention
-from tdkit.matchers.frontend import AttentionChain
+from tdkit.matchers.frontend import MASK_NONE, AttentionChain
+from tdkit.matchers.payload import affine_map, empty, tensor_type
 
 ENTRY = "__transform_main"
 
@@ -53,22 +55,65 @@ def _clone_into(ops: list[ir.Operation], block: ir.Block,
             mapping[old] = new
 
 
+def _collapse_unit_dims(value: ir.Value, keep: list[bool]) -> ir.Value:
+    """`value` without its size-1 dims where `keep` is False (tensor.collapse_shape)."""
+    if all(keep):
+        return value
+    rtype = ir.RankedTensorType(value.type)
+    groups: list[list[int]] = []
+    pending: list[int] = []
+    for i, kept in enumerate(keep):
+        pending.append(i)
+        if kept:
+            groups.append(pending)
+            pending = []
+    if pending:  # trailing dropped dims join the last group
+        groups[-1].extend(pending)
+    shape = [math.prod(rtype.shape[i] for i in g) for g in groups]
+    i64 = ir.IntegerType.get_signless(64)
+    reassociation = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, i) for i in g])
+                                      for g in groups])
+    return tensor.CollapseShapeOp(tensor_type(shape, rtype.element_type), value,
+                                  reassociation).result
+
+
 def _build_impl(name: str, chain: AttentionChain) -> None:
-    """`util.func private @name(Q, K, V) -> O` holding one iree_linalg_ext.attention (the op
-    `Attention.build_payload` builds for the chain's sizes and scale)."""
-    problem = Attention(batch=chain.batch, m=chain.m, k2=chain.k2, d=chain.d, n=chain.n,
-                        dtype=chain.dtype, scale=chain.scale)
-    scratch = problem.build_payload("attention")
-    fn = next(iter(scratch.body.operations)).operation
-    body = fn.regions[0].blocks[0]
-    ftype = ir.TypeAttr(fn.attributes["function_type"])
-    impl = util.FuncOp(name, ftype, sym_visibility="private")
-    block = impl.regions[0].blocks.append(*[a.type for a in body.arguments])
-    mapping = dict(zip(body.arguments, block.arguments, strict=True))
-    ops = [op.operation for op in body.operations]
-    _clone_into(ops[:-1], block, mapping)  # all but func.return
+    """`util.func private @name(Q, K, V[, mask]) -> O`: one iree_linalg_ext.attention over
+    (batch..., m, k1, k2, n) with the chain's scale; a mask keeps the dims it varies along
+    (its broadcast size-1 dims collapsed away, since an attention map cannot hold a constant)."""
+    elem = chain.dtype.mlir_type()
+    in_types = [v.type for v in chain.inputs]
+    out_type = tensor_type((*chain.batch, chain.m, chain.n), elem)
+    impl = util.FuncOp(name, ir.TypeAttr.get(ir.FunctionType.get(in_types, [out_type])),
+                       sym_visibility="private")
+    block = impl.regions[0].blocks.append(*in_types)
+    nb = len(chain.batch)
+    rank = nb + 4
+    bd = list(range(nb))
+    dm, dk1, dk2, dn = nb, nb + 1, nb + 2, nb + 3
     with ir.InsertionPoint(block):
-        util.ReturnOp([mapping[v] for v in ops[-1].operands])
+        q, k, v = block.arguments[:3]
+        scale = arith.ConstantOp(elem, ir.FloatAttr.get(elem, chain.scale)).result
+        maps = [affine_map(rank, [*bd, dm, dk1]), affine_map(rank, [*bd, dk2, dk1]),
+                affine_map(rank, [*bd, dk2, dn]), affine_map(rank, [])]
+        operands = [q, k, v, scale]
+        if chain.mask != MASK_NONE:
+            dims = chain.mask_dims
+            mask = _collapse_unit_dims(block.arguments[3], [d is not None for d in dims])
+            # scores dims (batch..., m, k2) -> attention dims (batch..., m, k1, k2, n)
+            to_attention = {**{i: i for i in bd}, nb: dm, nb + 1: dk2}
+            maps.append(affine_map(rank, [to_attention[d] for d in dims if d is not None]))
+            operands.append(mask)
+        maps.append(affine_map(rank, [*bd, dm, dn]))
+        init = empty((*chain.batch, chain.m, chain.n), elem)
+        op = ir.Operation.create("iree_linalg_ext.attention", results=[out_type],
+                                 operands=[*operands, init],
+                                 attributes={"indexing_maps": ir.ArrayAttr.get(maps)},
+                                 regions=1)
+        body = op.regions[0].blocks.append(ir.F32Type.get())
+        with ir.InsertionPoint(body):
+            ir.Operation.create("iree_linalg_ext.yield", operands=[body.arguments[0]])
+        util.ReturnOp([op.results[0]])
 
 
 def _build_matcher(name: str, chain: AttentionChain) -> None:

@@ -34,16 +34,17 @@ def _model(path: Path, *, m: int = 48, k2: int = 48, d: int = 16, scale: str = "
         inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [0.3]))
         nodes.append(helper.make_node("Mul", ["s", "c"], ["ss"]))
         scores = "ss"
-    if mask == "add":
-        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 1, k2]))
+    if mask in ("add", "full"):  # a padding mask [1,1,1,K2], or one per head and query
+        shape = [1, 1, 1, k2] if mask == "add" else [1, H, m, k2]
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape))
         nodes.append(helper.make_node("Add", [scores, "mask"], ["sm"]))
         scores = "sm"
-    elif mask == "causal":
+    elif mask in ("causal", "where0"):
         keep = np.tril(np.ones((m, k2), dtype=bool))
+        low = float(np.finfo(np.float32).min) if mask == "causal" else 0.0
         inits.append(helper.make_tensor("keep", TensorProto.BOOL, [1, 1, m, k2],
                                         keep.reshape(-1).tolist()))
-        inits.append(helper.make_tensor("low", TensorProto.FLOAT, [],
-                                        [float(np.finfo(np.float32).min)]))
+        inits.append(helper.make_tensor("low", TensorProto.FLOAT, [], [low]))
         nodes.append(helper.make_node("Where", ["keep", scores, "low"], ["sm"]))
         scores = "sm"
     nodes += [helper.make_node("Softmax", [scores], ["p"], axis=axis),
@@ -64,23 +65,26 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> di
 
 
 @pytest.mark.parametrize("kw", [dict(scale="mul"), dict(scale="none"),
-                                dict(m=40, k2=72, scale="div")],
-                         ids=["mul-scale", "no-scale", "cross-40x72"])
+                                dict(m=40, k2=72, scale="div"), dict(mask="causal"),
+                                dict(mask="full", m=40, k2=72)],
+                         ids=["mul-scale", "no-scale", "cross-40x72", "causal-where",
+                              "full-additive-mask"])
 def test_raised_to_one_flash_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       kw: dict) -> None:
     d = _run(tmp_path, capsys, **kw)
     assert len(d["raised"]) == 1 and d["not_raised"] == []
-    assert [x["strategy"] for x in d["dispatches"]] == ["tdkit_attention_flash_b_f32"]
+    kind = {"causal": "_boolmask", "full": "_floatmask"}.get(kw.get("mask", ""), "")
+    assert [x["strategy"] for x in d["dispatches"]] == [f"tdkit_attention_flash_b{kind}_f32"]
     assert len(d["default_dispatches"]) >= 3
-    scale = {"mul": 0.3, "none": 1.0}.get(kw["scale"], 0.25)
+    scale = {"mul": 0.3, "none": 1.0}.get(kw.get("scale", "div"), 0.25)
     assert f"scale={scale:.6g}" in d["raised"][0]
 
 
 @pytest.mark.parametrize("kw,reason", [
     (dict(axis=2), "another axis"),
-    (dict(mask="add"), "additive mask"),
-    (dict(mask="causal"), "select"),
-], ids=["softmax-over-queries", "additive-mask", "causal-where"])
+    (dict(mask="add"), "additive mask broadcasts over batch dim 1, the queries"),
+    (dict(mask="where0"), "not a mask"),
+], ids=["softmax-over-queries", "broadcast-additive-mask", "where-fills-zero"])
 def test_look_alikes_are_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     kw: dict, reason: str) -> None:
     d = _run(tmp_path, capsys, **kw)
