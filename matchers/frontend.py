@@ -99,6 +99,35 @@ def _through(value: ir.Value, *skip: str) -> ir.Value:
     return value
 
 
+def batch_groups(dims: tuple[int, ...], batch: tuple[int, ...]) -> list[list[int]] | None:
+    """How `dims` collapse onto `batch` (consecutive groups whose sizes multiply to each
+    batch dim), e.g. (1, 2, 4) onto (1, 8): [[0], [1, 2]] (K/V after grouped-query head
+    expansion); None if they do not."""
+    groups: list[list[int]] = []
+    i = 0
+    for size in batch:
+        group, prod = [], 1
+        while i < len(dims) and (prod < size or (dims[i] == 1 and prod == size and
+                                                  size == 1 and not group)):
+            group.append(i)
+            prod *= dims[i]
+            i += 1
+        if prod != size or not group:
+            return None
+        groups.append(group)
+    while i < len(dims) and dims[i] == 1 and groups:  # trailing unit dims join the last
+        groups[-1].append(i)
+        i += 1
+    return groups if i == len(dims) else None
+
+
+def _unbatch(value: ir.Value) -> ir.Value:
+    """A batch_matmul operand before the collapse of its batch dims into one (if any); only
+    that one collapse: an earlier one (e.g. grouped-query head expansion) stays outside."""
+    op = _op(value)
+    return op.operands[0] if _name(op) == "tensor.collapse_shape" else value
+
+
 def _body_ops(generic: ir.Operation) -> list[str]:
     return [o.name for o in generic.regions[0].blocks[0].operations]
 
@@ -174,20 +203,19 @@ def _chain(pv: ir.Operation) -> AttentionChain:
     else:
         scale, qk_value = 1.0, scores
     qk = _producer(_through(qk_value, "tensor.expand_shape"), "linalg.batch_matmul")
-    q = _through(qk.operands[0], "tensor.collapse_shape")
-    kt = _through(qk.operands[1], "tensor.collapse_shape")
+    q = _unbatch(qk.operands[0])
+    kt = _unbatch(qk.operands[1])
     transpose = _producer(kt, "linalg.transpose")
     perm = list(ir.DenseI64ArrayAttr(transpose.attributes["permutation"]))
     rank = len(perm)
     if perm != [*range(rank - 2), rank - 1, rank - 2]:
         raise _NotAttention(f"K is transposed with {perm}, not over its last two dims")
     k = transpose.operands[0]
-    v = _through(v_value, "tensor.collapse_shape")
+    v = _unbatch(v_value)
     q_shape, k_shape, v_shape = _shape(q), _shape(k), _shape(v)
-    if not (len(q_shape) == len(k_shape) == len(v_shape) >= 3) or \
-            q_shape[:-2] != k_shape[:-2] or k_shape[:-2] != v_shape[:-2]:
-        raise _NotAttention(f"Q {q_shape}, K {k_shape}, V {v_shape} do not share batch dims "
-                            f"(grouped-query head expansion is not raised by this version)")
+    if len(q_shape) < 3 or batch_groups(k_shape[:-2], q_shape[:-2]) is None or \
+            batch_groups(v_shape[:-2], q_shape[:-2]) is None:
+        raise _NotAttention(f"Q {q_shape}, K {k_shape}, V {v_shape} do not share batch dims")
     if q_shape[-1] != k_shape[-1] or k_shape[-2] != v_shape[-2]:
         raise _NotAttention(f"Q {q_shape}, K {k_shape}, V {v_shape} do not chain")
     elem = _elem(q)

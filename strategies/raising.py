@@ -25,7 +25,7 @@ from iree.compiler.dialects import arith, tensor, transform, util
 from iree.compiler.dialects import preprocessing_transform as pre
 from iree.compiler.dialects.transform import structured
 
-from tdkit.matchers.frontend import MASK_NONE, AttentionChain
+from tdkit.matchers.frontend import MASK_NONE, AttentionChain, batch_groups
 from tdkit.matchers.payload import affine_map, empty, tensor_type
 
 ENTRY = "__transform_main"
@@ -77,6 +77,25 @@ def _collapse_unit_dims(value: ir.Value, keep: list[bool]) -> ir.Value:
                                   reassociation).result
 
 
+def _to_batch(value: ir.Value, batch: tuple[int, ...]) -> ir.Value:
+    """Q, K or V with its leading dims collapsed onto `batch` (K and V arrive as
+    (b, kv_heads, group, k2, d) after grouped-query head expansion)."""
+    rtype = ir.RankedTensorType(value.type)
+    lead = tuple(rtype.shape[:-2])
+    if lead == batch:
+        return value
+    groups = batch_groups(lead, batch)
+    assert groups is not None, (lead, batch)
+    rank = len(rtype.shape)
+    groups = [*groups, [rank - 2], [rank - 1]]
+    i64 = ir.IntegerType.get_signless(64)
+    reassociation = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, i) for i in g])
+                                      for g in groups])
+    shape = (*batch, *rtype.shape[-2:])
+    return tensor.CollapseShapeOp(tensor_type(shape, rtype.element_type), value,
+                                  reassociation).result
+
+
 def _build_impl(name: str, chain: AttentionChain) -> None:
     """`util.func private @name(Q, K, V[, mask]) -> O`: one iree_linalg_ext.attention over
     (batch..., m, k1, k2, n) with the chain's scale; a mask keeps the dims it varies along
@@ -92,7 +111,7 @@ def _build_impl(name: str, chain: AttentionChain) -> None:
     bd = list(range(nb))
     dm, dk1, dk2, dn = nb, nb + 1, nb + 2, nb + 3
     with ir.InsertionPoint(block):
-        q, k, v = block.arguments[:3]
+        q, k, v = (_to_batch(a, chain.batch) for a in block.arguments[:3])
         scale = arith.ConstantOp(elem, ir.FloatAttr.get(elem, chain.scale)).result
         maps = [affine_map(rank, [*bd, dm, dk1]), affine_map(rank, [*bd, dk2, dk1]),
                 affine_map(rank, [*bd, dk2, dn]), affine_map(rank, [])]

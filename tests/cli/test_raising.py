@@ -17,14 +17,29 @@ H = 2
 
 
 def _model(path: Path, *, m: int = 48, k2: int = 48, d: int = 16, scale: str = "div",
-           axis: int = -1, mask: str = "") -> None:
-    """Q [1,H,M,D], K/V [1,H,K2,D] -> MatMul(Q, K^T) -> scale -> [mask] -> Softmax -> MatMul."""
-    inputs = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, H, m, d]),
-              helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, H, k2, d]),
-              helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, H, k2, d])]
-    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"])]
-    inits = []
+           axis: int = -1, mask: str = "", heads: int = H, kv_heads: int = 0) -> None:
+    """Q [1,H,M,D], K/V [1,H,K2,D] -> MatMul(Q, K^T) -> scale -> [mask] -> Softmax -> MatMul;
+    with `kv_heads`, K/V have that many heads, expanded to H as exporters write grouped-query
+    attention (Unsqueeze, Expand, Reshape)."""
+    kvh = kv_heads or heads
+    inputs = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, heads, m, d]),
+              helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, kvh, k2, d]),
+              helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, kvh, k2, d])]
+    nodes, inits = [], []
+    k_name, v_name = "k", "v"
+    if kv_heads:
+        group = heads // kv_heads
+        inits += [helper.make_tensor("ax", TensorProto.INT64, [1], [2]),
+                  helper.make_tensor("eshape", TensorProto.INT64, [5],
+                                     [1, kv_heads, group, k2, d]),
+                  helper.make_tensor("rshape", TensorProto.INT64, [4], [1, heads, k2, d])]
+        for n in "kv":
+            nodes += [helper.make_node("Unsqueeze", [n, "ax"], [n + "u"]),
+                      helper.make_node("Expand", [n + "u", "eshape"], [n + "e"]),
+                      helper.make_node("Reshape", [n + "e", "rshape"], [n + "r"])]
+        k_name, v_name = "kr", "vr"
+    nodes += [helper.make_node("Transpose", [k_name], ["kt"], perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", ["q", "kt"], ["s"])]
     scores = "s"
     if scale == "div":
         inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [float(np.sqrt(d))]))
@@ -35,7 +50,7 @@ def _model(path: Path, *, m: int = 48, k2: int = 48, d: int = 16, scale: str = "
         nodes.append(helper.make_node("Mul", ["s", "c"], ["ss"]))
         scores = "ss"
     if mask in ("add", "full"):  # a padding mask [1,1,1,K2], or one per head and query
-        shape = [1, 1, 1, k2] if mask == "add" else [1, H, m, k2]
+        shape = [1, 1, 1, k2] if mask == "add" else [1, heads, m, k2]
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape))
         nodes.append(helper.make_node("Add", [scores, "mask"], ["sm"]))
         scores = "sm"
@@ -48,8 +63,8 @@ def _model(path: Path, *, m: int = 48, k2: int = 48, d: int = 16, scale: str = "
         nodes.append(helper.make_node("Where", ["keep", scores, "low"], ["sm"]))
         scores = "sm"
     nodes += [helper.make_node("Softmax", [scores], ["p"], axis=axis),
-              helper.make_node("MatMul", ["p", "v"], ["o"])]
-    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, H, m, d])
+              helper.make_node("MatMul", ["p", v_name], ["o"])]
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, heads, m, d])
     graph = helper.make_graph(nodes, "block", inputs, [out], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
@@ -66,9 +81,10 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> di
 
 @pytest.mark.parametrize("kw", [dict(scale="mul"), dict(scale="none"),
                                 dict(m=40, k2=72, scale="div"), dict(mask="causal"),
-                                dict(mask="full", m=40, k2=72)],
+                                dict(mask="full", m=40, k2=72),
+                                dict(heads=8, kv_heads=2, m=32, k2=32)],
                          ids=["mul-scale", "no-scale", "cross-40x72", "causal-where",
-                              "full-additive-mask"])
+                              "full-additive-mask", "gqa-8q-2kv"])
 def test_raised_to_one_flash_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       kw: dict) -> None:
     d = _run(tmp_path, capsys, **kw)
