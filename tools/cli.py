@@ -329,7 +329,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     strategies = [args.strategy] if args.strategy else None
     if strategies:
         _strategy(args, "")
-    d = inspect_file(Path(args.file), strategies=strategies, cfg=_config(args))
+    d = inspect_file(Path(args.file), strategies=strategies, cfg=_config(args),
+                     raise_attention=not args.no_raise)
     return _emit(d, args, inspect_table(d))
 
 
@@ -461,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the strategy each will get")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--strategy", help="only this family (default: all)")
+    p.add_argument("--no-raise", action="store_true", help="only the dispatches as written "
+                   "(skip recognizing and raising unfused attention)")
     _add_tool_args(p)
     p.set_defaults(fn=cmd_inspect)
 

@@ -1,5 +1,6 @@
 """`tdkit inspect FILE`: the dispatches IREE forms from a payload module or ONNX model and the
-strategy each will get (a tdkit spec, or IREE's default pipeline), without compiling code."""
+strategy each will get (a tdkit spec, or IREE's default pipeline), without compiling code;
+before and after raising unfused attention, with what was recognized, raised or left alone."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from tdkit.tools.toolchain import compile_module
 _ROOT_OPS = re.compile(r"\b(iree_linalg_ext\.(?!yield)\w+|linalg\.(?!yield|index|fill)\w+)")
 
 
-def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig) -> dict[str, Any]:
+def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig,
+                 raise_attention: bool = True) -> dict[str, Any]:
     """Configure `path` with every family's library (or the named ones) and describe each
-    dispatch: its name, the ops it holds, the family that targets it, the pipeline it gets."""
+    dispatch: its name, the ops it holds, the family that targets it, the pipeline it gets;
+    with `raise_attention`, both as written and after raising (`tdkit.tools.raising`)."""
     if not path.exists():
         raise BadInputError(f"no such file: {path}")
     root = cfg.root() / path.stem / "inspect"
@@ -34,23 +37,52 @@ def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig
     fams = ([registry.get(s) for s in strategies] if strategies
             else list(registry.families().values()))
     entries = [e for f in fams for e in f.entries(None, f.parse_knobs())]
+    library = registry.library_text(entries)
     opts = replace(cfg.compile, compile_to="executable-configurations")
-    art = compile_module(text, root, opts, strategy=registry.library_text(entries),
-                         compiler=cfg.compiler)
-    rows = []
-    for d in dispatches(art):
-        ops = sorted(set(_ROOT_OPS.findall(d.source)))
-        family = next((f.name for f in fams if f.targets(d)), None)
-        rows.append({"name": d.name, "ops": ops, "targeted_by": family,
-                     "strategy": d.strategy, "by_tdkit": d.by_tdkit})
-    return {"ok": all(r["by_tdkit"] for r in rows if r["targeted_by"]), "module": str(path),
-            "dispatches": rows, "artifacts": str(art.dir)}
+
+    def configure(where: Path, spec: str | None) -> list[dict[str, Any]]:
+        art = compile_module(text, where, opts, strategy=library, compiler=cfg.compiler,
+                             preprocessing=spec)
+        rows = []
+        for d in dispatches(art):
+            ops = sorted(set(_ROOT_OPS.findall(d.source)))
+            family = next((f.name for f in fams if f.targets(d)), None)
+            rows.append({"name": d.name, "ops": ops, "targeted_by": family,
+                         "strategy": d.strategy, "by_tdkit": d.by_tdkit})
+        return rows
+
+    before = configure(root / "as-written", None)
+    out: dict[str, Any] = {"module": str(path), "dispatches": before,
+                           "artifacts": str(root)}
+    rows = before
+    if raise_attention:
+        from tdkit.tools.raising import plan_raising
+
+        plan = plan_raising(text, root / "preprocessing", cfg)
+        out.update(plan.as_dict())
+        if plan.spec is not None:
+            rows = configure(root / "raised", plan.spec)
+            out["raised_dispatches"] = rows
+    out["ok"] = all(r["by_tdkit"] for r in rows if r["targeted_by"])
+    return out
 
 
 def inspect_table(record: dict[str, Any]) -> str:
-    lines = [f"{record['module']}: {len(record['dispatches'])} dispatch(es)"]
-    for r in record["dispatches"]:
-        target = r["targeted_by"] or "-"
-        lines.append(f"  {r['name']}\n      ops: {', '.join(r['ops']) or '-'}\n"
-                     f"      tdkit family: {target}   pipeline: {r['strategy']}")
+    def rows(title: str, items: list[dict[str, Any]]) -> list[str]:
+        lines = [f"{title}: {len(items)} dispatch(es)"]
+        for r in items:
+            target = r["targeted_by"] or "-"
+            lines.append(f"  {r['name']}\n      ops: {', '.join(r['ops']) or '-'}\n"
+                         f"      tdkit family: {target}   pipeline: {r['strategy']}")
+        return lines
+
+    lines = rows(f"{record['module']} as written", record["dispatches"])
+    for label in record.get("raised", []):
+        lines.append(f"recognized and raised: {label}")
+    for miss in record.get("not_raised", []):
+        lines.append(f"recognized, not raised: {miss['where']}: {miss['reason']}")
+    if "raised_dispatches" in record:
+        lines += rows("after raising", record["raised_dispatches"])
+    elif "raised" in record:
+        lines.append("nothing to raise")
     return "\n".join(lines)

@@ -148,3 +148,25 @@ def test_raising_spec_is_built_from_the_modules_own_ir(tmp_path: Path, filecheck
         CHECK: transform.apply_dce
         CHECK: transform.apply_registered_pass "inline"
     """)
+
+
+def test_inspect_shows_dispatches_before_and_after_raising(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.onnx"
+    _model(model, mask="causal")
+    rc = main(["inspect", str(model), "--json", "--artifacts", str(tmp_path / "a")])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["ok"], d
+    assert len(d["dispatches"]) >= 3 and len(d["raised_dispatches"]) == 1
+    assert d["raised"] and d["not_raised"] == []
+    (after,) = d["raised_dispatches"]
+    assert after["targeted_by"] == "flash" and "iree_linalg_ext.online_attention" in after["ops"]
+    rc = main(["inspect", str(model), "--artifacts", str(tmp_path / "b")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "recognized and raised: attention" in text and "after raising: 1" in text
+    # a look-alike: reported, not raised, dispatches unchanged
+    _model(model, axis=2)
+    rc = main(["inspect", str(model), "--json", "--artifacts", str(tmp_path / "c")])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["raised"] == [] and "raised_dispatches" not in d
+    assert "another axis" in d["not_raised"][0]["reason"]
