@@ -46,7 +46,8 @@ MASK_FORMS = (MASK_NONE, MASK_FULL, MASK_BROADCAST)
 CODEGEN_MASK_NONE = "none"
 CODEGEN_MASK_FLOAT = "float"
 CODEGEN_MASK_BOOL = "bool"
-CODEGEN_MASKS = (CODEGEN_MASK_NONE, CODEGEN_MASK_FLOAT, CODEGEN_MASK_BOOL)
+CODEGEN_MASK_KEYS = "keys"
+CODEGEN_MASKS = (CODEGEN_MASK_NONE, CODEGEN_MASK_FLOAT, CODEGEN_MASK_BOOL, CODEGEN_MASK_KEYS)
 
 
 def _any() -> ir.Type:
@@ -84,7 +85,9 @@ class CodegenPredicate:
       batched: the iteration domain has a (collapsed) batch dim: rank 5 `(b, m, k1, k2, n)`;
         False for rank 4 `(m, k1, k2, n)` (IREE drops a batch of size 1).
       mask: CODEGEN_MASK_NONE; CODEGEN_MASK_FLOAT, an additive mask of the input type indexed
-        like the scores `((b,) m, k2)`; or CODEGEN_MASK_BOOL, a boolean `(m, k2)` mask shared
+        like the scores `((b,) m, k2)`; CODEGEN_MASK_KEYS, an additive mask over the keys
+        only `(k2)`, shared by the batch and the queries (a padding mask); or
+        CODEGEN_MASK_BOOL, a boolean `(m, k2)` mask shared
         by the batch, stored as i8 after dispatch formation (a causal mask).
       dtype: element type of Q, K and V; the accumulator is always f32. None accepts any
         type, and then only checks that Q has at least the rank `batched` implies (list
@@ -200,6 +203,8 @@ def build_codegen_matcher(name: str, pred: CodegenPredicate = CodegenPredicate()
                      + ([(first + 1, None, hd)] if hd else []))
         if pred.mask == CODEGEN_MASK_FLOAT:
             _match_value(oa, 4, qk_rank, elem)
+        elif pred.mask == CODEGEN_MASK_KEYS:
+            _match_value(oa, 4, 1, elem)
         elif pred.mask == CODEGEN_MASK_BOOL:
             _match_value(oa, 4, 2, ir.IntegerType.get_signless(8))
         if not pred.masked and pred.dtype is not None:

@@ -270,13 +270,20 @@ def _mask(scores: ir.Value) -> tuple[ir.Value | None, str, tuple[int | None, ...
             return None, MASK_NONE, (), scores
         mask = op.operands[which]
         _check_mask_dims(mask, dims, rank)
-        if None in dims:
-            # tdkit's attention strategies take an additive mask shaped like the scores;
-            # raising a broadcast one would leave the attention dispatch to IREE's default
+        shape = _shape(mask)
+        varying = {d for d, size in zip(dims, shape, strict=True) if d is not None and size > 1}
+        if None in dims and varying != {rank - 1}:
+            # tdkit's attention strategies take an additive mask shaped like the scores, or
+            # one over the keys only (a padding mask); raising another broadcast would leave
+            # the attention dispatch to IREE's default
             raise _NotAttention("the additive mask broadcasts over "
-                                + ", ".join(_DIM_NAMES(rank)[i] for i, d in enumerate(dims)
-                                            if d is None)
+                                + ", ".join(_DIM_NAMES(rank)[i] for i in range(rank)
+                                            if i not in dims)
+                                + " but varies along "
+                                + ", ".join(_DIM_NAMES(rank)[i] for i in sorted(varying))
                                 + ": not supported by tdkit's attention strategies yet")
+        if None in dims:  # a padding mask: varies along the keys only
+            dims = [d if d == rank - 1 else None for d in dims]
         return mask, MASK_ADD, tuple(dims), op.operands[1 - which]
     if body == ["arith.select"] and len(op.operands) == 4:
         if _map_dims(op, 1) != ident:

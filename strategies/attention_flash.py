@@ -55,6 +55,7 @@ from iree.compiler.dialects.transform import vector as tvector
 from tdkit.matchers.attention import (
     CODEGEN_MASK_BOOL,
     CODEGEN_MASK_FLOAT,
+    CODEGEN_MASK_KEYS,
     CODEGEN_MASK_NONE,
     CodegenPredicate,
     build_codegen_matcher,
@@ -525,7 +526,7 @@ def padding_values(pred: CodegenPredicate) -> list[ir.Attribute]:
     f32 = ir.F32Type.get()
     zero = ir.FloatAttr.get(elem, 0.0)
     values = [zero, zero, zero, zero]
-    if pred.mask == CODEGEN_MASK_FLOAT:
+    if pred.mask in (CODEGEN_MASK_FLOAT, CODEGEN_MASK_KEYS):
         values.append(zero)
     elif pred.mask == CODEGEN_MASK_BOOL:  # padded rows see every key: no 0/0 in them
         values.append(ir.IntegerAttr.get(ir.IntegerType.get_signless(8), 1))

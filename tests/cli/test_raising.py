@@ -49,8 +49,9 @@ def _model(path: Path, *, m: int = 48, k2: int = 48, d: int = 16, scale: str = "
         inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [0.3]))
         nodes.append(helper.make_node("Mul", ["s", "c"], ["ss"]))
         scores = "ss"
-    if mask in ("add", "full"):  # a padding mask [1,1,1,K2], or one per head and query
-        shape = [1, 1, 1, k2] if mask == "add" else [1, heads, m, k2]
+    if mask in ("add", "full", "heads"):  # padding [1,1,1,K2], full, or per head [1,H,1,K2]
+        shape = {"add": [1, 1, 1, k2], "full": [1, heads, m, k2],
+                 "heads": [1, heads, 1, k2]}[mask]
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape))
         nodes.append(helper.make_node("Add", [scores, "mask"], ["sm"]))
         scores = "sm"
@@ -82,14 +83,16 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> di
 @pytest.mark.parametrize("kw", [dict(scale="mul"), dict(scale="none"),
                                 dict(m=40, k2=72, scale="div"), dict(mask="causal"),
                                 dict(mask="full", m=40, k2=72),
-                                dict(heads=8, kv_heads=2, m=32, k2=32)],
+                                dict(heads=8, kv_heads=2, m=32, k2=32),
+                                dict(mask="add", m=40, k2=72)],
                          ids=["mul-scale", "no-scale", "cross-40x72", "causal-where",
-                              "full-additive-mask", "gqa-8q-2kv"])
+                              "full-additive-mask", "gqa-8q-2kv", "padding-mask"])
 def test_raised_to_one_flash_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       kw: dict) -> None:
     d = _run(tmp_path, capsys, **kw)
     assert len(d["raised"]) == 1 and d["not_raised"] == []
-    kind = {"causal": "_boolmask", "full": "_floatmask"}.get(kw.get("mask", ""), "")
+    kind = {"causal": "_boolmask", "full": "_floatmask",
+            "add": "_keysmask"}.get(kw.get("mask", ""), "")
     assert [x["strategy"] for x in d["dispatches"]] == [f"tdkit_attention_flash_b{kind}_f32"]
     assert len(d["default_dispatches"]) >= 3
     scale = {"mul": 0.3, "none": 1.0}.get(kw.get("scale", "div"), 0.25)
@@ -98,9 +101,9 @@ def test_raised_to_one_flash_dispatch(tmp_path: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize("kw,reason", [
     (dict(axis=2), "another axis"),
-    (dict(mask="add"), "additive mask broadcasts over batch dim 1, the queries"),
+    (dict(mask="heads"), "broadcasts over the queries but varies along batch dim 1"),
     (dict(mask="where0"), "not a mask"),
-], ids=["softmax-over-queries", "broadcast-additive-mask", "where-fills-zero"])
+], ids=["softmax-over-queries", "per-head-additive-mask", "where-fills-zero"])
 def test_look_alikes_are_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     kw: dict, reason: str) -> None:
     d = _run(tmp_path, capsys, **kw)

@@ -108,9 +108,9 @@ CHECK: transform.yield %[[OA2]]
 
 def test_codegen_predicates_cover_every_variant() -> None:
     preds = codegen_predicates()
-    assert len(preds) == 3 * 2 * 3
+    assert len(preds) == 4 * 2 * 3
     assert preds[0].mask == "none" and preds[0].batched
-    assert {p.mask for p in preds} == {"none", "float", "bool"}
+    assert {p.mask for p in preds} == {"none", "float", "bool", "keys"}
     with pytest.raises(ValueError, match="unknown mask kind"):
         CodegenPredicate(mask="additive")
 
@@ -296,7 +296,8 @@ def test_flash_exp2_knob(filecheck) -> None:
 def test_flash_library_for_any_payload_covers_every_variant() -> None:
     entries = attention_flash.library_entries(None, FlashKnobs())
     names = {e.spec_name for e in entries}
-    assert len(names) == len(entries) == 18
+    assert len(names) == len(entries) == 24  # 4 mask kinds x batched or not x 3 dtypes
+    assert "tdkit_attention_flash_b_keysmask_f32" in names
     assert "tdkit_attention_flash_nb_boolmask_bf16" in names
     _library(entries)  # verifies
 
