@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tdkit-installed
 
-.PHONY: demo test lint bench bench-softmax bench-attention bench-memory bench-tune smoke-full clean
+.PHONY: demo test lint bench bench-softmax bench-attention bench-memory bench-tune bench-raise smoke-full clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tdkit needs Python >= 3.11"'
@@ -28,7 +28,7 @@ lint: $(STAMP)
 ## Benchmarks (not tests). Softmax: strategy vs IREE's default and memory bandwidth.
 ## Attention: flash and config vs IREE's default, torch SDPA (bench extra), numpy, SGEMM;
 ## then peak memory of one call, flash vs the plain linalg chain.
-bench: bench-softmax bench-attention bench-memory bench-tune
+bench: bench-softmax bench-attention bench-memory bench-tune bench-raise
 
 bench-softmax: $(STAMP)
 	$(BIN)/tdkit bench softmax --shape 512x1024 --rounds 7
@@ -53,6 +53,14 @@ bench-tune: $(STAMP)
 	$(BIN)/tdkit tune attention --shape 4x1024x1024x64 --strategy flash --budget 60 \
 		--db build/bench-tune.db --artifacts build/bench-tune
 	$(BIN)/tdkit report --db build/bench-tune.db -o build/bench-tune-report
+
+## Exporter-style ONNX attention blocks (GPT-2, BERT, ViT, cross, GQA): raised + flash vs IREE's
+## default build of the same model: numerics vs onnxruntime, dispatches, time, peak memory.
+bench-raise: $(STAMP)
+	$(BIN)/python -m tdkit.tools.blocks build/blocks
+	for b in gpt2 bert vit cross gqa; do \
+		$(BIN)/tdkit run build/blocks/$$b.onnx --memory --rounds 5 --artifacts build/blocks/art || exit 1; \
+	done
 
 smoke-full: $(STAMP)
 	$(BIN)/tdkit smoke --full

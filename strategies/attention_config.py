@@ -181,8 +181,8 @@ def library_entry(knobs: ConfigKnobs, pred: CodegenPredicate) -> LibraryEntry:
     )
 
 
-def library_entries(problem: Any, knobs: ConfigKnobs, *, exact: bool = False
-                    ) -> list[LibraryEntry]:
+def library_entries(problem: Any, knobs: ConfigKnobs, *, exact: bool = False,
+                    mask: str | None = None) -> list[LibraryEntry]:
     """Entries configuring `problem`'s attention dispatch (or any attention dispatch for
     None); with `exact`, matching only its exact sizes (exported tuned strategies)."""
-    return [library_entry(knobs, p) for p in predicates_for(problem, exact=exact)]
+    return [library_entry(knobs, p) for p in predicates_for(problem, exact=exact, mask=mask)]

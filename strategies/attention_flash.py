@@ -580,17 +580,20 @@ def library_entry(knobs: FlashKnobs, pred: CodegenPredicate) -> LibraryEntry:
     )
 
 
-def predicates_for(problem: Any, *, exact: bool = False) -> list[CodegenPredicate]:
+def predicates_for(problem: Any, *, exact: bool = False,
+                   mask: str | None = None) -> list[CodegenPredicate]:
     """The codegen predicate a problem's dispatch satisfies (batched iff the batch size is
     not 1; see `problem_mask`; with `exact`, also its M, K2 and batch size), or, for None,
     every variant with head dims up to 64 (the size `check()` validates the knobs for
-    without a problem)."""
+    without a problem). `mask` overrides the codegen mask kind (a raised chain's mask, e.g. a
+    key-padding mask the problem itself cannot express)."""
     if problem is None:
         return codegen_predicates(max_head_dim=64)
     batched = problem.batch_size != 1
     sizes = dict(m=problem.m, k2=problem.k2,
                  batch=problem.batch_size if batched else None) if exact else {}
-    return [CodegenPredicate(batched=batched, mask=problem_mask(problem), dtype=problem.dtype,
+    return [CodegenPredicate(batched=batched, mask=mask or problem_mask(problem),
+                             dtype=problem.dtype,
                              head_dim=problem.d, value_dim=problem.value_dim, **sizes)]
 
 
@@ -602,11 +605,11 @@ def problem_mask(problem: Any) -> str:
     return CODEGEN_MASK_BOOL if problem.causal else CODEGEN_MASK_NONE
 
 
-def library_entries(problem: Any, knobs: FlashKnobs, *, exact: bool = False
-                    ) -> list[LibraryEntry]:
+def library_entries(problem: Any, knobs: FlashKnobs, *, exact: bool = False,
+                    mask: str | None = None) -> list[LibraryEntry]:
     """Entries for `problem`'s attention dispatch (or any attention dispatch for None); with
     `exact`, matching only its exact sizes (exported tuned strategies)."""
-    return [library_entry(knobs, p) for p in predicates_for(problem, exact=exact)]
+    return [library_entry(knobs, p) for p in predicates_for(problem, exact=exact, mask=mask)]
 
 
 __all__: Sequence[str] = ["FlashKnobs", "build_codegen_spec", "library_entries"]

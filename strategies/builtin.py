@@ -100,6 +100,8 @@ FLASH = register(Family(
     space=attention_flash.space,
     exact_entries=lambda problem, knobs: attention_flash.library_entries(problem, knobs,
                                                                          exact=True),
+    masked_entries=lambda problem, knobs, mask: attention_flash.library_entries(
+        problem, knobs, mask=mask),
     description="attention on CPU: query rows to workgroups, online-softmax key loop, "
                 "decomposed, vectorized, no_pipeline",
 ))
@@ -115,6 +117,8 @@ CONFIG = register(Family(
     space=attention_config.space,
     exact_entries=lambda problem, knobs: attention_config.library_entries(problem, knobs,
                                                                           exact=True),
+    masked_entries=lambda problem, knobs, mask: attention_config.library_entries(
+        problem, knobs, mask=mask),
     configures=True,
     description="attention on CPU: tile sizes for IREE's LinalgExtTileAndVectorize pipeline",
 ))

@@ -44,6 +44,8 @@ class Family:
         (`tdkit export` puts the tuned knobs of several problems in one library).
       configures: its entries only configure IREE's own pipeline (no codegen spec), so they
         can also be exported as an IREE tuning spec.
+      masked_entries: (problem, knobs, codegen mask kind) -> entries for a raised attention
+        chain whose mask the problem cannot express (e.g. a key-padding mask).
     """
 
     name: str
@@ -57,6 +59,7 @@ class Family:
     space: Callable[[Any], dict[str, tuple[Any, ...]]] | None = None
     exact_entries: Callable[[Any, Any], list[Any]] | None = None
     configures: bool = False
+    masked_entries: Callable[[Any, Any, str], list[Any]] | None = None
 
     def parse_knobs(self, values: Mapping[str, str] | None = None, problem: Any = None) -> Any:
         """Knobs from `name=value` text pairs over the defaults (fitted to `problem`, if given);

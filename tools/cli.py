@@ -168,8 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if Path(args.problem).suffix in (".mlir", ".onnx"):
         return _run_file(args)
     problem = _problem(args)
-    if args.input or args.output_dir or args.function or args.no_raise:
-        raise BadInputError("--input/--output-dir/--function/--no-raise apply to "
+    if args.input or args.output_dir or args.function or args.no_raise or args.memory:
+        raise BadInputError("--input/--output-dir/--function/--no-raise/--memory apply to "
                             "'tdkit run FILE.mlir'")
     strategy = _strategy(args, problem.kind)
     cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
@@ -194,11 +194,11 @@ def _run_file(args: argparse.Namespace) -> int:
 
         res = run_onnx(path, strategies=strategies, inputs=args.input,
                        output_dir=args.output_dir, cfg=cfg, timing=not args.no_time,
-                       raise_attention=not args.no_raise)
+                       raise_attention=not args.no_raise, memory=args.memory)
     else:
         res = run_file(path, strategies=strategies, inputs=args.input, function=args.function,
                        output_dir=args.output_dir, cfg=cfg, timing=not args.no_time,
-                       raise_attention=not args.no_raise)
+                       raise_attention=not args.no_raise, memory=args.memory)
     d = res.as_dict()
     human = [f"{path}  strategy={d['strategy']}  targeted dispatches: {d['targeted']}",
              "  dispatches: " + ", ".join(f"{x['name']} [{x['strategy']}]"
@@ -208,9 +208,13 @@ def _run_file(args: argparse.Namespace) -> int:
     if "onnxruntime_max_abs_err" in d:
         human.append(f"  vs onnxruntime: max_abs_err={d['onnxruntime_max_abs_err']:.3g}  "
                      f"{'OK' if d['onnxruntime_ok'] else 'FAIL'}")
+    human.append(f"  IREE default build: {len(d['default_dispatches'])} dispatch(es)")
     if d.get("speedup"):
         human.append(f"  time {d['time_ms']:.4f} ms vs default {d['default_time_ms']:.4f} ms "
                      f"-> {d['speedup']:.2f}x")
+    if d.get("peak_mb"):
+        human.append(f"  peak memory of one call: {d['peak_mb']['tdkit']:.1f} MB vs default "
+                     f"{d['peak_mb']['default']:.1f} MB")
     human += [f"  note: {n}" for n in d["notes"]]
     human.append("  outputs: " + ", ".join(d["outputs"]))
     return _emit(d, args, "\n".join(human))
@@ -376,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-time", action="store_true", help="skip timing")
     p.add_argument("--no-raise", action="store_true", help="FILE: do not raise unfused "
                    "attention chains to one attention op before dispatch formation")
+    p.add_argument("--memory", action="store_true", help="FILE: also measure the peak "
+                   "resident memory of one call, tdkit's build vs IREE's default")
     p.add_argument("--rounds", type=int, default=2, help="timing rounds (default 2)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.set_defaults(fn=cmd_run)

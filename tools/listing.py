@@ -61,6 +61,7 @@ def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig
         plan = plan_raising(text, root / "preprocessing", cfg)
         out.update(plan.as_dict())
         if plan.spec is not None:
+            library = registry.library_text(plan.entries(fams) + entries)
             rows = configure(root / "raised", plan.spec)
             out["raised_dispatches"] = rows
     out["ok"] = all(r["by_tdkit"] for r in rows if r["targeted_by"])

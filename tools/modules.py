@@ -20,7 +20,7 @@ from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
 from tdkit.tools.errors import BadInputError, NotAppliedError, ToolError
 from tdkit.tools.harness import Build, HarnessConfig, compile_default, compile_linked, time_builds
 from tdkit.tools.raising import RaisePlan, plan_raising
-from tdkit.tools.toolchain import RunOptions, import_onnx, run_module
+from tdkit.tools.toolchain import RunOptions, import_onnx, peak_rss_module, run_module
 from tdkit.tools.verify import Verdict, compare
 
 _ELEMENT_TYPES: dict[str, np.dtype] = {
@@ -161,6 +161,7 @@ class ModuleRun:
     values: list[np.ndarray] = field(default_factory=list, repr=False)
     onnxruntime: list[Verdict] | None = None  # outputs vs onnxruntime (ONNX models only)
     raising: RaisePlan | None = None  # what was raised before dispatch formation
+    peak_bytes: dict[str, int] = field(default_factory=dict)  # peak RSS of one call, per build
 
     @property
     def ok(self) -> bool:
@@ -181,6 +182,8 @@ class ModuleRun:
         }
         if self.raising is not None:
             out.update(self.raising.as_dict())
+        if self.peak_bytes:
+            out["peak_mb"] = {k: v / 2**20 for k, v in self.peak_bytes.items()}
         if self.onnxruntime is not None:
             out["onnxruntime_max_abs_err"] = max(v.max_abs_err for v in self.onnxruntime)
             out["onnxruntime_ok"] = all(v.ok for v in self.onnxruntime)
@@ -195,7 +198,7 @@ class ModuleRun:
 
 def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], function: str | None,
              output_dir: Path | None, cfg: HarnessConfig, timing: bool = True,
-             raise_attention: bool = True) -> ModuleRun:
+             raise_attention: bool = True, memory: bool = False) -> ModuleRun:
     """Compile `path` with every applicable tdkit strategy (or the named ones), run it and IREE's
     default build on the same inputs, save outputs, and compare the two. With
     `raise_attention`, unfused attention chains are first raised to one attention op each
@@ -213,9 +216,11 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
         entries = [e for f in fams for e in f.entries(None, f.parse_knobs())]
     except KnobError as err:
         raise BadInputError(f"invalid knob: {err}") from None
-    library = registry.library_text(entries)
     root = cfg.root() / path.stem / time.strftime("%Y%m%d-%H%M%S")
     plan = plan_raising(text, root / "preprocessing", cfg) if raise_attention else None
+    if plan is not None:  # entries fitted to each raised chain first (first match wins)
+        entries = plan.entries(fams) + entries
+    library = registry.library_text(entries)
     art, notes = compile_linked(text, root / "tdkit", cfg, strategy=library,
                                 preprocessing=plan.spec if plan else None)
     if plan is not None:
@@ -249,6 +254,10 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
         result.outputs.append(p)
     if timing:
         time_builds([main, default], arrays, cfg, run_opts)
+    if memory:  # peak resident memory of one call of each build (a child process each)
+        result.peak_bytes = {
+            "tdkit": peak_rss_module(art.vmfb, arrays, root / "tdkit" / "rss", run_opts),
+            "default": peak_rss_module(dart.vmfb, arrays, root / "default" / "rss", run_opts)}
     return result
 
 
@@ -266,13 +275,13 @@ def import_model(path: Path, out_dir: Path, cfg: HarnessConfig) -> Path:
 
 def run_onnx(path: Path, *, strategies: list[str] | None, inputs: list[str],
              output_dir: Path | None, cfg: HarnessConfig, timing: bool = True,
-             raise_attention: bool = True) -> ModuleRun:
+             raise_attention: bool = True, memory: bool = False) -> ModuleRun:
     """Import an ONNX model with iree-import-onnx, run it like a payload file, and compare its
     outputs with onnxruntime on the same inputs (when the `onnx` extra is installed)."""
     mlir = import_model(path, cfg.root() / path.stem / "import", cfg)
     result = run_file(mlir, strategies=strategies, inputs=inputs, function=None,
                       output_dir=output_dir, cfg=cfg, timing=timing,
-                      raise_attention=raise_attention)
+                      raise_attention=raise_attention, memory=memory)
     try:
         import onnxruntime
     except ImportError:

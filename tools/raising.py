@@ -15,7 +15,23 @@ from typing import Any
 
 from iree.compiler import ir
 
-from tdkit.matchers.frontend import AttentionChain, NearMiss, find_attention
+from tdkit.matchers.attention import (
+    CODEGEN_MASK_BOOL,
+    CODEGEN_MASK_FLOAT,
+    CODEGEN_MASK_KEYS,
+    CODEGEN_MASK_NONE,
+)
+from tdkit.matchers.attention_problem import Attention
+from tdkit.matchers.frontend import (
+    MASK_ADD,
+    MASK_KEEP,
+    MASK_NONE,
+    AttentionChain,
+    NearMiss,
+    find_attention,
+)
+from tdkit.strategies.base import KnobError
+from tdkit.strategies.library import renamed
 from tdkit.strategies.raising import build_raising_spec
 from tdkit.tools.toolchain import compile_module
 
@@ -29,6 +45,24 @@ class RaisePlan:
     raised: list[str] = field(default_factory=list)  # labels of the chains the spec raises
     not_raised: list[NearMiss] = field(default_factory=list)
     spec: str | None = None
+    # per raised chain: the Attention problem it computes and its codegen mask kind
+    problems: list[tuple[Any, str]] = field(default_factory=list)
+
+    def entries(self, families: list[Any]) -> list[Any]:
+        """Library entries with knobs fitted to each raised chain (head dims past the
+        problem-free entries' 64, a key-padding mask), for the families that can lower it."""
+        out = []
+        for i, (problem, mask) in enumerate(self.problems):
+            for family in families:
+                if family.masked_entries is None or problem.kind not in family.kinds:
+                    continue
+                knobs = family.parse_knobs({}, problem)
+                try:
+                    family.check(problem, knobs)
+                except KnobError:
+                    continue
+                out += [renamed(e, f"_r{i}") for e in family.masked_entries(problem, knobs, mask)]
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {"raised": self.raised,
@@ -64,4 +98,24 @@ def plan_raising(text: str, out_dir: Path, cfg: Any) -> RaisePlan:
             spec.operation.verify()
             plan.spec = str(spec)
             plan.raised = [c.label for c in chains]
+            plan.problems = [(chain_problem(c), CODEGEN_MASKS_BY_CHAIN[_mask_key(c)])
+                             for c in chains]
     return plan
+
+
+# (chain mask kind, varies along every scores dim) -> codegen mask kind
+CODEGEN_MASKS_BY_CHAIN = {(MASK_NONE, True): CODEGEN_MASK_NONE,
+                          (MASK_ADD, True): CODEGEN_MASK_FLOAT,
+                          (MASK_ADD, False): CODEGEN_MASK_KEYS,
+                          (MASK_KEEP, True): CODEGEN_MASK_BOOL,
+                          (MASK_KEEP, False): CODEGEN_MASK_BOOL}
+
+
+def _mask_key(chain: AttentionChain) -> tuple[str, bool]:
+    return chain.mask, None not in chain.mask_dims
+
+
+def chain_problem(chain: AttentionChain) -> Attention:
+    """The Attention problem a chain computes (its mask aside: see the codegen mask kind)."""
+    return Attention(batch=chain.batch, m=chain.m, k2=chain.k2, d=chain.d, n=chain.n,
+                     dtype=chain.dtype, scale=chain.scale)

@@ -6,68 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
+from tdkit.tools.blocks import attention_block
 from tdkit.tools.cli import main
 
 H = 2
 
 
-def _model(path: Path, *, m: int = 48, k2: int = 48, d: int = 16, scale: str = "div",
-           axis: int = -1, mask: str = "", heads: int = H, kv_heads: int = 0) -> None:
-    """Q [1,H,M,D], K/V [1,H,K2,D] -> MatMul(Q, K^T) -> scale -> [mask] -> Softmax -> MatMul;
-    with `kv_heads`, K/V have that many heads, expanded to H as exporters write grouped-query
-    attention (Unsqueeze, Expand, Reshape)."""
-    kvh = kv_heads or heads
-    inputs = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, heads, m, d]),
-              helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, kvh, k2, d]),
-              helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, kvh, k2, d])]
-    nodes, inits = [], []
-    k_name, v_name = "k", "v"
-    if kv_heads:
-        group = heads // kv_heads
-        inits += [helper.make_tensor("ax", TensorProto.INT64, [1], [2]),
-                  helper.make_tensor("eshape", TensorProto.INT64, [5],
-                                     [1, kv_heads, group, k2, d]),
-                  helper.make_tensor("rshape", TensorProto.INT64, [4], [1, heads, k2, d])]
-        for n in "kv":
-            nodes += [helper.make_node("Unsqueeze", [n, "ax"], [n + "u"]),
-                      helper.make_node("Expand", [n + "u", "eshape"], [n + "e"]),
-                      helper.make_node("Reshape", [n + "e", "rshape"], [n + "r"])]
-        k_name, v_name = "kr", "vr"
-    nodes += [helper.make_node("Transpose", [k_name], ["kt"], perm=[0, 1, 3, 2]),
-              helper.make_node("MatMul", ["q", "kt"], ["s"])]
-    scores = "s"
-    if scale == "div":
-        inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [float(np.sqrt(d))]))
-        nodes.append(helper.make_node("Div", ["s", "c"], ["ss"]))
-        scores = "ss"
-    elif scale == "mul":
-        inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [0.3]))
-        nodes.append(helper.make_node("Mul", ["s", "c"], ["ss"]))
-        scores = "ss"
-    if mask in ("add", "full", "heads"):  # padding [1,1,1,K2], full, or per head [1,H,1,K2]
-        shape = {"add": [1, 1, 1, k2], "full": [1, heads, m, k2],
-                 "heads": [1, heads, 1, k2]}[mask]
-        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape))
-        nodes.append(helper.make_node("Add", [scores, "mask"], ["sm"]))
-        scores = "sm"
-    elif mask in ("causal", "where0"):
-        keep = np.tril(np.ones((m, k2), dtype=bool))
-        low = float(np.finfo(np.float32).min) if mask == "causal" else 0.0
-        inits.append(helper.make_tensor("keep", TensorProto.BOOL, [1, 1, m, k2],
-                                        keep.reshape(-1).tolist()))
-        inits.append(helper.make_tensor("low", TensorProto.FLOAT, [], [low]))
-        nodes.append(helper.make_node("Where", ["keep", scores, "low"], ["sm"]))
-        scores = "sm"
-    nodes += [helper.make_node("Softmax", [scores], ["p"], axis=axis),
-              helper.make_node("MatMul", ["p", v_name], ["o"])]
-    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, heads, m, d])
-    graph = helper.make_graph(nodes, "block", inputs, [out], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+def _model(path: Path, **kw: object) -> None:
+    attention_block(path, heads=kw.pop("heads", H), **kw)
 
 
 def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> dict:
@@ -83,19 +31,20 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> di
 @pytest.mark.parametrize("kw", [dict(scale="mul"), dict(scale="none"),
                                 dict(m=40, k2=72, scale="div"), dict(mask="causal"),
                                 dict(mask="full", m=40, k2=72),
-                                dict(heads=8, kv_heads=2, m=32, k2=32),
+                                dict(heads=8, kv_heads=2, m=32, k2=32, d=128),
                                 dict(mask="add", m=40, k2=72)],
                          ids=["mul-scale", "no-scale", "cross-40x72", "causal-where",
-                              "full-additive-mask", "gqa-8q-2kv", "padding-mask"])
+                              "full-additive-mask", "gqa-8q-2kv-d128", "padding-mask"])
 def test_raised_to_one_flash_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       kw: dict) -> None:
     d = _run(tmp_path, capsys, **kw)
     assert len(d["raised"]) == 1 and d["not_raised"] == []
     kind = {"causal": "_boolmask", "full": "_floatmask",
             "add": "_keysmask"}.get(kw.get("mask", ""), "")
-    assert [x["strategy"] for x in d["dispatches"]] == [f"tdkit_attention_flash_b{kind}_f32"]
+    # entries fitted to the raised chain (e.g. D = 128) come first: suffix _r0
+    assert [x["strategy"] for x in d["dispatches"]] == [f"tdkit_attention_flash_b{kind}_f32_r0"]
     assert len(d["default_dispatches"]) >= 3
-    scale = {"mul": 0.3, "none": 1.0}.get(kw.get("scale", "div"), 0.25)
+    scale = {"mul": 0.3, "none": 1.0}.get(kw.get("scale", "div"), kw.get("d", 16) ** -0.5)
     assert f"scale={scale:.6g}" in d["raised"][0]
 
 
