@@ -204,6 +204,8 @@ def _chain(pv: ir.Operation) -> AttentionChain:
         scale, qk_value = 1.0, scores
     qk = _producer(_through(qk_value, "tensor.expand_shape"), "linalg.batch_matmul")
     q = _unbatch(qk.operands[0])
+    q, q_scale = _scaled_input(q)
+    scale *= q_scale
     kt = _unbatch(qk.operands[1])
     transpose = _producer(kt, "linalg.transpose")
     perm = list(ir.DenseI64ArrayAttr(transpose.attributes["permutation"]))
@@ -233,6 +235,21 @@ def _chain(pv: ir.Operation) -> AttentionChain:
                           m=q_shape[-2], k2=k_shape[-2], d=q_shape[-1], n=v_shape[-1],
                           scale=scale, dtype=_ELEMENT[elem], mask=mask_kind,
                           mask_dims=mask_dims)
+
+
+def _scaled_input(value: ir.Value) -> tuple[ir.Value, float]:
+    """(x, c) if `value` is x * c or x / c elementwise with a constant c (the scale applied
+    to Q before the matmul, as some exporters write it), else (value, 1)."""
+    op = _op(value)
+    if _name(op) != "linalg.generic" or len(op.operands) != 3:
+        return value, 1.0
+    body = [n for n in _body_ops(op) if n != "linalg.yield"]
+    rank = len(_shape(value))
+    if body not in (["arith.mulf"], ["arith.divf"]) or _map_dims(op, 0) != list(range(rank)) \
+            or _name(_op(op.operands[1])) != "arith.constant":
+        return value, 1.0
+    c = _constant_scalar(op.operands[1])
+    return op.operands[0], (c if body == ["arith.mulf"] else 1.0 / c)
 
 
 def _map_dims(generic: ir.Operation, operand: int) -> list[int | None] | None:

@@ -20,9 +20,10 @@ def attention_block(path: Path, *, heads: int = 2, m: int = 48, k2: int = 48, d:
                     kv_heads: int = 0) -> Path:
     """Write one block: Q [1,H,M,D], K/V [1,KVH,K2,D] -> O [1,H,M,D].
 
-    scale: "div" (by sqrt(D)), "mul" (by 0.3) or "none". mask: "" (none), "add" (a padding
-    mask input [1,1,1,K2]), "full" ([1,H,M,K2]), "heads" ([1,H,1,K2]), "causal" (a constant
-    lower-triangular bool with Where(keep, x, finfo.min)), "where0" (the same filling 0).
+    scale: "div" (by sqrt(D)), "mul" (by 0.3), "q" (Q times 1/sqrt(D)) or "none".
+    mask: "" (none), "add" (a padding mask input [1,1,1,K2]), "full" ([1,H,M,K2]), "heads"
+    ([1,H,1,K2]), "causal" (a constant lower-triangular bool with Where(keep, x, finfo.min)),
+    "where0" (the same filling 0).
     axis: the Softmax axis. kv_heads: fewer K/V heads, expanded to `heads` (GQA)."""
     import onnx
     from onnx import TensorProto, helper
@@ -44,8 +45,13 @@ def attention_block(path: Path, *, heads: int = 2, m: int = 48, k2: int = 48, d:
                       helper.make_node("Expand", [n + "u", "eshape"], [n + "e"]),
                       helper.make_node("Reshape", [n + "e", "rshape"], [n + "r"])]
         k_name, v_name = "kr", "vr"
+    q_name = "q"
+    if scale == "q":  # the scale applied to Q before the matmul
+        inits.append(helper.make_tensor("cq", TensorProto.FLOAT, [], [float(d) ** -0.5]))
+        nodes.append(helper.make_node("Mul", ["q", "cq"], ["qs"]))
+        q_name = "qs"
     nodes += [helper.make_node("Transpose", [k_name], ["kt"], perm=[0, 1, 3, 2]),
-              helper.make_node("MatMul", ["q", "kt"], ["s"])]
+              helper.make_node("MatMul", [q_name, "kt"], ["s"])]
     scores = "s"
     if scale == "div":
         inits.append(helper.make_tensor("c", TensorProto.FLOAT, [], [float(np.sqrt(d))]))

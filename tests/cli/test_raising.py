@@ -32,9 +32,10 @@ def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> di
                                 dict(m=40, k2=72, scale="div"), dict(mask="causal"),
                                 dict(mask="full", m=40, k2=72),
                                 dict(heads=8, kv_heads=2, m=32, k2=32, d=128),
-                                dict(mask="add", m=40, k2=72)],
+                                dict(mask="add", m=40, k2=72), dict(scale="q")],
                          ids=["mul-scale", "no-scale", "cross-40x72", "causal-where",
-                              "full-additive-mask", "gqa-8q-2kv-d128", "padding-mask"])
+                              "full-additive-mask", "gqa-8q-2kv-d128", "padding-mask",
+                              "scale-on-q"])
 def test_raised_to_one_flash_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       kw: dict) -> None:
     d = _run(tmp_path, capsys, **kw)
