@@ -411,3 +411,66 @@ def _func_name(op: ir.Operation) -> str:
 
 def flops(chain: AttentionChain) -> int:
     return 2 * math.prod(chain.batch) * chain.m * chain.k2 * (chain.d + chain.n)
+
+
+# --- Decomposed softmax that IREE does not raise itself ----------------------------------------
+
+@dataclass
+class SoftmaxChain:
+    """max-reduce -> one generic computing exp(x - max) -> sum-reduce -> divide, over one dim.
+
+    IREE 3.13 raises the form with separate sub and exp generics to `linalg.softmax` itself,
+    but not this one (it then forms two dispatches and writes the exponentials to memory)."""
+
+    root: ir.Operation  # the normalize generic
+    ops: list[ir.Operation]
+    inputs: list[ir.Value]  # [x]
+    shape: tuple[int, ...]
+    dim: int
+    dtype: DType
+
+    @property
+    def label(self) -> str:
+        return f"softmax {'x'.join(map(str, self.shape))} dim={self.dim} {self.dtype}"
+
+
+def _softmax_chain(norm: ir.Operation, taken: set[ir.Operation]) -> SoftmaxChain:
+    if [n for n in _body_ops(norm) if n != "linalg.yield"] != ["arith.divf"] or \
+            len(norm.operands) != 3:
+        raise _NotAttention("not a normalize generic")
+    exp = _generic(norm.operands[0], "math.exp")
+    if [n for n in _body_ops(exp) if n != "linalg.yield"] != ["arith.subf", "math.exp"] or \
+            len(exp.operands) != 3:
+        raise _NotAttention("not a fused exp(x - max) generic")
+    total = _generic(_through(norm.operands[1], "tensor.expand_shape"), "arith.addf")
+    maxr = _generic(_through(exp.operands[1], "tensor.expand_shape"), "arith.maximumf")
+    x = exp.operands[0]
+    if maxr.operands[0] != x or _op(_through(total.operands[0])) != exp:
+        raise _NotAttention("the reductions do not read the same rows")
+    its = _iterators(maxr)
+    if its.count("reduction") != 1 or _iterators(total) != its:
+        raise _NotAttention("not one reduced dim")
+    elem = _elem(x)
+    if elem not in _ELEMENT:
+        raise _NotAttention(f"element type {elem}")
+    ops = _dag(norm, {x})
+    if taken & set(ops):
+        raise _NotAttention("part of an attention chain")
+    return SoftmaxChain(root=norm, ops=ops, inputs=[x], shape=_shape(x),
+                        dim=its.index("reduction"), dtype=_ELEMENT[elem])
+
+
+def find_softmax(func: ir.Operation, taken: set[ir.Operation] = frozenset()
+                 ) -> list[SoftmaxChain]:
+    """Softmaxes written as max, fused exp(x - max), sum, divide in one function (not those
+    inside the attention chains whose ops are `taken`)."""
+    found = []
+    for op in list(func.regions[0].blocks[0].operations):
+        op = op.operation
+        if op.name != "linalg.generic" or "arith.divf" not in _body_ops(op):
+            continue
+        try:
+            found.append(_softmax_chain(op, set(taken)))
+        except _NotAttention:
+            continue
+    return found

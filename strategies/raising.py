@@ -1,4 +1,5 @@
-"""Build the preprocessing transform spec that raises unfused attention to one attention op.
+"""Build the preprocessing transform spec that raises unfused attention to one attention op
+(and a decomposed softmax IREE does not raise itself to one linalg.softmax).
 
 For every chain `tdkit.matchers.frontend.find_attention` recognized, the spec holds:
 
@@ -25,8 +26,9 @@ from iree.compiler.dialects import arith, tensor, transform, util
 from iree.compiler.dialects import preprocessing_transform as pre
 from iree.compiler.dialects.transform import structured
 
-from tdkit.matchers.frontend import MASK_NONE, AttentionChain, batch_groups
+from tdkit.matchers.frontend import MASK_NONE, AttentionChain, SoftmaxChain, batch_groups
 from tdkit.matchers.payload import affine_map, empty, tensor_type
+from tdkit.matchers.problems import Softmax
 
 ENTRY = "__transform_main"
 
@@ -135,7 +137,7 @@ def _build_impl(name: str, chain: AttentionChain) -> None:
         util.ReturnOp([op.results[0]])
 
 
-def _build_matcher(name: str, chain: AttentionChain) -> None:
+def _build_matcher(name: str, chain: AttentionChain | SoftmaxChain) -> None:
     """The chain as a `cast_compatible_dag_from_root` body; yields (inputs, outputs)."""
     seq = transform.NamedSequenceOp(name, [_any_op()], [_any_value(), _any_value()],
                                     arg_attrs=[_readonly()])
@@ -190,9 +192,28 @@ def _build_entry(pairs: list[tuple[str, str]]) -> None:
         transform.YieldOp([])
 
 
-def build_raising_spec(chains: list[AttentionChain]) -> ir.Module:
-    """The spec module raising `chains` (built in the context their IR lives in)."""
-    if not chains:
+def _build_softmax_impl(name: str, chain: SoftmaxChain) -> None:
+    """`util.func private @name(x) -> y` holding one linalg.softmax (the op
+    `Softmax.build_payload` builds)."""
+    scratch = Softmax(chain.shape, chain.dim, chain.dtype).build_payload("softmax")
+    fn = next(iter(scratch.body.operations)).operation
+    body = fn.regions[0].blocks[0]
+    impl = util.FuncOp(name, ir.TypeAttr(fn.attributes["function_type"]),
+                       sym_visibility="private")
+    block = impl.regions[0].blocks.append(*[a.type for a in body.arguments])
+    mapping = dict(zip(body.arguments, block.arguments, strict=True))
+    ops = [op.operation for op in body.operations]
+    _clone_into(ops[:-1], block, mapping)  # all but func.return
+    with ir.InsertionPoint(block):
+        util.ReturnOp([mapping[v] for v in ops[-1].operands])
+
+
+def build_raising_spec(chains: list[AttentionChain],
+                       softmaxes: list[SoftmaxChain] | None = None) -> ir.Module:
+    """The spec module raising attention `chains` and decomposed `softmaxes` (built in the
+    context their IR lives in)."""
+    softmaxes = softmaxes or []
+    if not chains and not softmaxes:
         raise ValueError("nothing to raise")
     module = ir.Module.create()
     module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
@@ -204,5 +225,11 @@ def build_raising_spec(chains: list[AttentionChain]) -> ir.Module:
             _build_matcher(f"tdkit_match_attention_{i}", chain)
             _build_action(f"tdkit_raise_attention_{i}", impl)
             pairs.append((f"tdkit_match_attention_{i}", f"tdkit_raise_attention_{i}"))
+        for i, chain in enumerate(softmaxes):
+            impl = f"tdkit_raised_softmax_{i}"
+            _build_softmax_impl(impl, chain)
+            _build_matcher(f"tdkit_match_softmax_{i}", chain)
+            _build_action(f"tdkit_raise_softmax_{i}", impl)
+            pairs.append((f"tdkit_match_softmax_{i}", f"tdkit_raise_softmax_{i}"))
         _build_entry(pairs)
     return module

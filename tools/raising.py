@@ -28,7 +28,9 @@ from tdkit.matchers.frontend import (
     MASK_NONE,
     AttentionChain,
     NearMiss,
+    SoftmaxChain,
     find_attention,
+    find_softmax,
 )
 from tdkit.strategies.base import KnobError
 from tdkit.strategies.library import renamed
@@ -69,20 +71,25 @@ class RaisePlan:
                 "not_raised": [{"where": m.where, "reason": m.reason} for m in self.not_raised]}
 
     def notes(self) -> list[str]:
-        out = [f"raised {label} (one attention dispatch)" for label in self.raised]
+        out = [f"raised {label} (one {label.split()[0]} op)" for label in self.raised]
         out += [f"not raised: {m.where}: {m.reason}" for m in self.not_raised]
         return out
 
 
-def find_chains(module: ir.Module) -> tuple[list[AttentionChain], list[NearMiss]]:
+def find_chains(module: ir.Module
+                ) -> tuple[list[AttentionChain], list[NearMiss], list[SoftmaxChain]]:
+    """Attention chains, near misses, and decomposed softmaxes outside those chains."""
     chains: list[AttentionChain] = []
     misses: list[NearMiss] = []
+    softmaxes: list[SoftmaxChain] = []
     for op in module.body.operations:
         if op.operation.name == "util.func" and op.operation.regions[0].blocks:
             found, missed = find_attention(op.operation)
             chains += found
             misses += missed
-    return chains, misses
+            taken = {o for c in found for o in c.ops}
+            softmaxes += find_softmax(op.operation, taken)
+    return chains, misses, softmaxes
 
 
 def plan_raising(text: str, out_dir: Path, cfg: Any) -> RaisePlan:
@@ -92,12 +99,12 @@ def plan_raising(text: str, out_dir: Path, cfg: Any) -> RaisePlan:
     plan = RaisePlan()
     with ir.Context(), ir.Location.unknown():
         module = ir.Module.parse(art.vmfb.read_text())
-        chains, plan.not_raised = find_chains(module)
-        if chains:
-            spec = build_raising_spec(chains)
+        chains, plan.not_raised, softmaxes = find_chains(module)
+        if chains or softmaxes:
+            spec = build_raising_spec(chains, softmaxes)
             spec.operation.verify()
             plan.spec = str(spec)
-            plan.raised = [c.label for c in chains]
+            plan.raised = [c.label for c in chains] + [s.label for s in softmaxes]
             plan.problems = [(chain_problem(c), CODEGEN_MASKS_BY_CHAIN[_mask_key(c)])
                              for c in chains]
     return plan

@@ -123,3 +123,21 @@ def test_inspect_shows_dispatches_before_and_after_raising(
     d = json.loads(capsys.readouterr().out)
     assert rc == 0 and d["raised"] == [] and "raised_dispatches" not in d
     assert "another axis" in d["not_raised"][0]["reason"]
+
+
+@pytest.mark.parametrize("form,raised", [("generic_fused", 1), ("generic", 0)])
+def test_decomposed_softmax_is_raised_where_iree_does_not(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str, raised: int) -> None:
+    from tdkit.matchers.problems import Softmax
+    from tdkit.tools.harness import payload_text
+
+    path = tmp_path / "softmax.mlir"
+    path.write_text(payload_text(Softmax((64, 256)), form))
+    rc = main(["run", str(path), "--json", "--no-time", "--artifacts", str(tmp_path / "a")])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["ok"], d
+    assert len(d["raised"]) == raised
+    # sub+exp fused in one generic: IREE forms two dispatches; raised, one softmax_cpu dispatch.
+    # Separate sub and exp: IREE raises it itself; tdkit leaves it alone.
+    assert [x["strategy"] for x in d["dispatches"]] == ["tdkit_softmax_cpu_r2_d1"]
+    assert len(d["default_dispatches"]) == (2 if raised else 1)
