@@ -219,17 +219,14 @@ def build_raising_spec(chains: list[AttentionChain],
     module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
     pairs = []
     with ir.InsertionPoint(module.body):
-        for i, chain in enumerate(chains):
-            impl = f"tdkit_raised_attention_{i}"
-            _build_impl(impl, chain)
-            _build_matcher(f"tdkit_match_attention_{i}", chain)
-            _build_action(f"tdkit_raise_attention_{i}", impl)
-            pairs.append((f"tdkit_match_attention_{i}", f"tdkit_raise_attention_{i}"))
-        for i, chain in enumerate(softmaxes):
-            impl = f"tdkit_raised_softmax_{i}"
-            _build_softmax_impl(impl, chain)
-            _build_matcher(f"tdkit_match_softmax_{i}", chain)
-            _build_action(f"tdkit_raise_softmax_{i}", impl)
-            pairs.append((f"tdkit_match_softmax_{i}", f"tdkit_raise_softmax_{i}"))
+        for kind, found, build_impl in (("attention", chains, _build_impl),
+                                        ("softmax", softmaxes, _build_softmax_impl)):
+            for i, chain in enumerate(found):
+                impl, match, act = (f"tdkit_{what}_{kind}_{i}"
+                                    for what in ("raised", "match", "raise"))
+                build_impl(impl, chain)
+                _build_matcher(match, chain)
+                _build_action(act, impl)
+                pairs.append((match, act))
         _build_entry(pairs)
     return module
