@@ -169,6 +169,13 @@ def _chain(pv: ir.Operation) -> AttentionChain:
     if pv.name != "linalg.batch_matmul":
         raise _NotAttention("not a batch_matmul")
     p_value, v_value = pv.operands[0], pv.operands[1]
+    softmax = _op(_through(p_value, "tensor.collapse_shape"))
+    if _name(softmax) == "linalg.softmax":  # one op (torch-style IR, tdkit's chain form)
+        scores = softmax.operands[0]
+        dim = ir.IntegerAttr(softmax.attributes["dimension"]).value
+        if dim != len(_shape(scores)) - 1:
+            raise _NotAttention("the softmax reduces over another axis than the keys")
+        return _chain_from_scores(pv, scores, v_value)
     # softmax: normalize = exp / sum
     norm = _generic(_through(p_value, "tensor.collapse_shape"), "arith.divf")
     exp = _generic(norm.operands[0], "math.exp")
@@ -185,14 +192,50 @@ def _chain(pv: ir.Operation) -> AttentionChain:
         raise _NotAttention("the softmax reduces over another axis than the keys")
     if _iterators(total)[-1] != "reduction":
         raise _NotAttention("the softmax sum reduces over another axis than the keys")
+    return _chain_from_scores(pv, scores, v_value)
+
+
+def _transposed_b(matmul: ir.Operation) -> bool:
+    """A batch_matmul whose indexing maps read B as (batch, n, k): Q·K^T without a
+    transpose op. Default maps (no attribute) read B as (batch, k, n)."""
+    if "indexing_maps" not in matmul.attributes:
+        return False
+    maps = [str(ir.AffineMapAttr(m).value)
+            for m in ir.ArrayAttr(matmul.attributes["indexing_maps"])]
+    return maps == ["(d0, d1, d2, d3) -> (d0, d1, d3)", "(d0, d1, d2, d3) -> (d0, d2, d3)",
+                    "(d0, d1, d2, d3) -> (d0, d1, d2)"]
+
+
+def _captured_constant(generic: ir.Operation) -> float | None:
+    """The constant a one-input generic multiplies or divides by when it takes it from outside
+    its body (a captured scalar), e.g. `%in * %cst`."""
+    for op in generic.regions[0].blocks[0].operations:
+        op = op.operation
+        if op.name in ("arith.mulf", "arith.divf"):
+            outer = [v for v in op.operands if not isinstance(v.owner, ir.Block)]
+            if len(outer) == 1 and _name(_op(outer[0])) == "arith.constant":
+                c = _constant_scalar(outer[0])
+                return c if op.name == "arith.mulf" else 1.0 / c
+    return None
+
+
+def _chain_from_scores(pv: ir.Operation, scores: ir.Value, v_value: ir.Value
+                       ) -> AttentionChain:
+    """The rest of the walk from the softmax input: mask, scale, Q·K^T, Q, K, V."""
     # mask: scores = scaled + mask, or select(keep, scaled, low)
     mask, mask_kind, mask_dims, scores = _mask(scores)
     # scale: scores = qk / c or qk * c (or qk itself: scale 1)
     scaled = _op(scores)
     if _name(scaled) == "linalg.generic":
         body = _body_ops(scaled)
-        if len(scaled.operands) != 3:  # qk, constant, init
+        captured = _captured_constant(scaled) if len(scaled.operands) == 2 else None
+        if captured is None and len(scaled.operands) != 3:  # qk, constant, init
             raise _NotAttention("the scores take extra inputs: not raised by this version")
+        if captured is not None:
+            # IREE's DAG matcher compares region bodies op by op and cannot match a body that
+            # uses a value from outside it: the spec would silently not apply
+            raise _NotAttention(f"the scale generic uses the constant {captured:g} from outside "
+                                f"its body, which IREE's DAG matcher cannot match")
         if "arith.divf" in body:
             scale = 1.0 / _constant_scalar(scaled.operands[1])
         elif "arith.mulf" in body:
@@ -207,12 +250,15 @@ def _chain(pv: ir.Operation) -> AttentionChain:
     q, q_scale = _scaled_input(q)
     scale *= q_scale
     kt = _unbatch(qk.operands[1])
-    transpose = _producer(kt, "linalg.transpose")
-    perm = list(ir.DenseI64ArrayAttr(transpose.attributes["permutation"]))
-    rank = len(perm)
-    if perm != [*range(rank - 2), rank - 1, rank - 2]:
-        raise _NotAttention(f"K is transposed with {perm}, not over its last two dims")
-    k = transpose.operands[0]
+    if _transposed_b(qk):  # batch_matmul reading K as (b, k2, d) through its maps
+        k = kt
+    else:
+        transpose = _producer(kt, "linalg.transpose")
+        perm = list(ir.DenseI64ArrayAttr(transpose.attributes["permutation"]))
+        rank = len(perm)
+        if perm != [*range(rank - 2), rank - 1, rank - 2]:
+            raise _NotAttention(f"K is transposed with {perm}, not over its last two dims")
+        k = transpose.operands[0]
     v = _unbatch(v_value)
     q_shape, k_shape, v_shape = _shape(q), _shape(k), _shape(v)
     if len(q_shape) < 3 or batch_groups(k_shape[:-2], q_shape[:-2]) is None or \
@@ -351,7 +397,7 @@ def _dag(root: ir.Operation, inputs: set[ir.Value]) -> list[ir.Operation]:
         if op in seen:
             continue
         seen[op] = None
-        for value in op.operands:
+        for value in [*op.operands, *_captures(op)]:
             if value in inputs:
                 continue
             producer = _op(value)
@@ -373,6 +419,21 @@ def _dag(root: ir.Operation, inputs: set[ir.Value]) -> list[ir.Operation]:
     return ops
 
 
+def _captures(op: ir.Operation) -> list[ir.Value]:
+    """Values the ops in `op`'s regions use but that are defined outside `op`."""
+    found = []
+    for region in op.regions:
+        for block in region.blocks:
+            for inner in block.operations:
+                for value in inner.operation.operands:
+                    owner = value.owner
+                    if isinstance(owner, ir.Block):
+                        continue
+                    if owner.operation.parent != op:
+                        found.append(value)
+    return found
+
+
 def _block_ops(op: ir.Operation) -> list[ir.Operation]:
     block = op.parent.regions[0].blocks[0] if op.parent is not None else None
     if block is None:
@@ -388,7 +449,8 @@ def find_attention(func: ir.Operation) -> tuple[list[AttentionChain], list[NearM
         if op.name != "linalg.batch_matmul":
             continue
         lhs = _op(_through(op.operands[0], "tensor.collapse_shape"))
-        if _name(lhs) != "linalg.generic" or "arith.divf" not in _body_ops(lhs):
+        if _name(lhs) != "linalg.softmax" and (
+                _name(lhs) != "linalg.generic" or "arith.divf" not in _body_ops(lhs)):
             continue  # a plain matmul, or the Q·K^T one: not the end of a chain
         try:
             chains.append(_chain(op))

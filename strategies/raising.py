@@ -51,10 +51,17 @@ def _clone_into(ops: list[ir.Operation], block: ir.Block,
     which gains each clone's results."""
     for op in ops:
         clone = op.clone(ip=ir.InsertionPoint(block)).operation
-        for old, new in list(mapping.items()):
-            clone.replace_uses_of_with(old, new)
+        for target in [clone, *_nested(clone)]:  # region bodies may capture outer values
+            for value in list(target.operands):
+                if value in mapping:
+                    target.replace_uses_of_with(value, mapping[value])
         for old, new in zip(op.results, clone.results, strict=True):
             mapping[old] = new
+
+
+def _nested(op: ir.Operation) -> list[ir.Operation]:
+    return [inner.operation for region in op.regions for block in region.blocks
+            for inner in block.operations]
 
 
 def _collapse_unit_dims(value: ir.Value, keep: list[bool]) -> ir.Value:

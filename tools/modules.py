@@ -226,6 +226,8 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
     if plan is not None:
         notes = plan.notes() + notes
     infos = dispatches(art)
+    if plan is not None:
+        plan.check_applied(infos)
     targeted = [d for d in infos if any(f.targets(d) for f in fams)]
     if targeted:
         check_applied(art, lambda d: any(f.targets(d) for f in fams))

@@ -35,6 +35,7 @@ from tdkit.matchers.frontend import (
 from tdkit.strategies.base import KnobError
 from tdkit.strategies.library import renamed
 from tdkit.strategies.raising import build_raising_spec
+from tdkit.tools.errors import NotAppliedError
 from tdkit.tools.toolchain import compile_module
 
 PREPROCESSING = "preprocessing"
@@ -69,6 +70,18 @@ class RaisePlan:
     def as_dict(self) -> dict[str, Any]:
         return {"raised": self.raised,
                 "not_raised": [{"where": m.where, "reason": m.reason} for m in self.not_raised]}
+
+    @property
+    def attention_count(self) -> int:
+        return len(self.problems)
+
+    def check_applied(self, infos: list[Any]) -> None:
+        """NotAppliedError unless the compile holds at least one attention dispatch per raised
+        chain: a preprocessing spec whose matcher finds nothing changes nothing, silently."""
+        found = sum(1 for d in infos if "iree_linalg_ext.online_attention" in d.source)
+        if found < self.attention_count:
+            raise NotAppliedError(f"raising did not apply: {self.attention_count} attention "
+                                  f"chain(s) recognized, {found} attention dispatch(es) formed")
 
     def notes(self) -> list[str]:
         out = [f"raised {label} (one {label.split()[0]} op)" for label in self.raised]

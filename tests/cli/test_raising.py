@@ -141,3 +141,31 @@ def test_decomposed_softmax_is_raised_where_iree_does_not(
     # Separate sub and exp: IREE raises it itself; tdkit leaves it alone.
     assert [x["strategy"] for x in d["dispatches"]] == ["tdkit_softmax_cpu_r2_d1"]
     assert len(d["default_dispatches"]) == (2 if raised else 1)
+
+
+def test_chain_with_a_captured_scale_is_not_raised(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tdkit's own `chain` form multiplies by a constant captured from outside the generic's
+    body; IREE's DAG matcher cannot match that, so raising it would silently do nothing."""
+    from tdkit.matchers.attention_problem import Attention
+    from tdkit.tools.harness import payload_text
+
+    path = tmp_path / "chain.mlir"
+    path.write_text(payload_text(Attention(batch=(2,), m=32, k2=48, d=16), "chain"))
+    rc = main(["run", str(path), "--json", "--no-time", "--artifacts", str(tmp_path / "a")])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["ok"], d
+    assert d["raised"] == [] and "outside its body" in d["not_raised"][0]["reason"]
+
+
+def test_a_raising_that_formed_no_attention_dispatch_is_an_error() -> None:
+    from tdkit.matchers.attention_problem import Attention
+    from tdkit.tools.applied import DispatchInfo
+    from tdkit.tools.errors import NotAppliedError
+    from tdkit.tools.raising import RaisePlan
+
+    plan = RaisePlan(raised=["attention ..."], spec="...",
+                     problems=[(Attention(batch=(1,), m=8, k2=8, d=4), "none")])
+    with pytest.raises(NotAppliedError, match="raising did not apply"):
+        plan.check_applied([DispatchInfo("d0", "default:x", "linalg.batch_matmul")])
+    plan.check_applied([DispatchInfo("d0", "tdkit_x", "iree_linalg_ext.online_attention")])
