@@ -53,6 +53,21 @@ class _Bench:
         return measure_candidate(self.ctx, key, vmfb)
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """BadInputError unless something listens at HOST:PORT (ray.init would retry for
+    minutes against a wrong address)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise BadInputError(f"--address {address!r}: expected HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise BadInputError(f"no Ray cluster at {address}: {err}") from None
+
+
 class RayExecutor:
     """Compiles on every CPU of a Ray cluster; benchmarks on one node, one at a time."""
 
@@ -69,6 +84,8 @@ class RayExecutor:
         env = {k: v for k, v in os.environ.items() if k.startswith("TDKIT_")}
         kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING,
                                       runtime_env={"env_vars": env} if env else None)
+        if address:
+            _check_reachable(address)
         try:
             if address:
                 ray.init(address=address, **kwargs)

@@ -168,7 +168,9 @@ def test_bad_tune_arguments_are_one_line_errors(tmp_path: Path) -> None:
                           (["--space", "rows_per_workgroup=x"], "expected a value"),
                           (["--budget", "0"], "--budget must be positive"),
                           (["--jobs", "0"], "--jobs must be positive"),
-                          (["--knob", "rows_per_workgroup=2"], "--space")):
+                          (["--knob", "rows_per_workgroup=2"], "--space"),
+                          (["--executor", "ray", "--address", "127.0.0.1:1"],
+                           "no Ray cluster at 127.0.0.1:1")):
         rc, _, err = tune(tmp_path, *extra)
         assert rc == 2, (extra, err)
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
