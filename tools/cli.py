@@ -266,8 +266,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     problem = None if is_file else _problem(args)
     if args.knob:
         raise BadInputError("tune searches the knobs: give ranges with --space KNOB=V1,V2")
-    if not is_file and (args.input or args.function):
-        raise BadInputError("--input/--function apply to 'tdkit tune FILE.mlir|model.onnx'")
+    if not is_file and (args.input or args.function or args.no_raise):
+        raise BadInputError("--input/--function/--no-raise apply to "
+                            "'tdkit tune FILE.mlir|model.onnx'")
     strategies: list[str] | None
     if args.strategy:
         strategies = [_strategy(args, problem.kind if problem else "")]
@@ -294,7 +295,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                       progress=False if args.no_progress else None)
     if is_file:
         summaries = tune_file(Path(args.problem), strategies, inputs=args.input,
-                              function=args.function, cfg=_config(args), tcfg=tcfg)
+                              function=args.function, cfg=_config(args), tcfg=tcfg,
+                              raise_attention=not args.no_raise)
     else:
         summaries = tune(problem, strategies or [], form=args.form, cfg=_config(args),
                          tcfg=tcfg)
@@ -405,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="@X.npy",
                    help="FILE: an input .npy, in argument order (repeatable)")
     p.add_argument("--function", help="FILE.mlir: function to tune (default @main)")
+    p.add_argument("--no-raise", action="store_true", help="FILE: tune the module as written "
+                   "(do not raise unfused attention first)")
     p.add_argument("--search", default="tpe", choices=("tpe", "random", "grid"),
                    help="search algorithm (default tpe: optuna's TPE sampler)")
     p.add_argument("--budget", type=int, help="candidates to evaluate, counting earlier runs of "

@@ -86,6 +86,13 @@ def export(db_path: Path, output: Path, *, tuning_spec: Path | None = None,
                 done.problems.append({"problem": key, "exported": False,
                                       "reason": "no verified candidate"})
                 continue
+            if json.loads(best.problem_json).get("raised"):
+                # its candidates ran on the raised module: without tdkit's raising spec
+                # (generated per module) stock iree-compile would not form that dispatch
+                done.problems.append({"problem": key, "exported": False,
+                                      "reason": "tuned after raising attention; compile it "
+                                                "with 'tdkit run' (raising spec per module)"})
+                continue
             entries, family = _entries(best, index)
             library += entries
             item = {"problem": key, "exported": True, "strategy": best.strategy,

@@ -235,6 +235,11 @@ class TuneTarget:
     expected: list[Any] | None = None  # None: IREE's default build's outputs
     function: str = "main"
     reference: str = "float64"
+    preprocessing: str | None = None  # files: the spec raising their unfused attention
+    # files: the raised attention chain (problem, codegen mask kind) when there is exactly one;
+    # attention families then tune for it (its head dim, its mask) instead of any attention
+    attention: tuple[Any, str] | None = None
+    raised: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -250,8 +255,9 @@ def problem_target(problem: Any, form: str, cfg: HarnessConfig) -> TuneTarget:
 
 
 def file_target(path: Path, cfg: HarnessConfig, inputs: list[str] | None = None,
-                function: str | None = None) -> TuneTarget:
-    """A payload module (`.mlir`, including imported torch-dialect IR) or an ONNX model."""
+                function: str | None = None, raise_attention: bool = True) -> TuneTarget:
+    """A payload module (`.mlir`, including imported torch-dialect IR) or an ONNX model,
+    with its unfused attention raised for the candidates (`tdkit.tools.raising`)."""
     from tdkit.tools.modules import _tolerance, import_model, load_inputs, read_signature
 
     if not path.exists():
@@ -273,9 +279,20 @@ def file_target(path: Path, cfg: HarnessConfig, inputs: list[str] | None = None,
     key = f"file {model.name} sha={digest} fn={sig.function} cpu={cfg.compile.cpu}"
     record = {"kind": "file", "path": str(model.resolve()), "function": sig.function,
               "sha": digest}
-    return TuneTarget(key, record, None, text, arrays, sig.outputs,
-                      tuple(_tolerance(d) for _, d in sig.outputs), expected, sig.function,
-                      reference)
+    target = TuneTarget(key, record, None, text, arrays, sig.outputs,
+                        tuple(_tolerance(d) for _, d in sig.outputs), expected, sig.function,
+                        reference)
+    if raise_attention:
+        from tdkit.tools.raising import plan_raising
+
+        plan = plan_raising(text, cfg.root() / "tune" / _slug(key) / "preprocessing", cfg)
+        target.preprocessing, target.raised = plan.spec, plan.raised
+        if plan.spec is not None:  # raised and as-written sweeps are different sweeps
+            target.key += " raised"
+            target.record["raised"] = plan.raised
+        if len(plan.problems) == 1:
+            target.attention = plan.problems[0]
+    return target
 
 
 def _onnxruntime_outputs(model: Path, arrays: list[Any]) -> list[Any] | None:
@@ -305,6 +322,12 @@ class Sweep:
         self.target, self.cfg, self.tcfg = target, cfg, tcfg
         self.problem = problem = target.problem
         self.family = registry.get(strategy)
+        self.mask: str | None = None
+        if problem is None and target.attention is not None and \
+                self.family.masked_entries is not None and \
+                target.attention[0].kind in self.family.kinds:
+            self.problem = problem = target.attention[0]  # tune for the raised chain
+            self.mask = target.attention[1]
         if problem is not None and problem.kind not in self.family.kinds:
             raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems")
         self.space = sweep_space(self.family, problem, tcfg.space)
@@ -358,7 +381,7 @@ class Sweep:
             self._check_targets()
             self._measure_baseline(None, base_ctx)
             ctx = dataclasses.replace(
-                base_ctx, family=self.family.name,
+                base_ctx, family=self.family.name, preprocessing=t.preprocessing,
                 compile=dataclasses.replace(self.cfg.compile,
                                             timeout_s=self._timeout(baseline.compile_s or 0)),
                 run_timeout_s=self.run_timeout)
@@ -412,16 +435,19 @@ class Sweep:
 
     def _check_targets(self) -> None:
         """A file must hold a dispatch this family lowers (seen in the default build)."""
-        if self.problem is not None:
+        if self.target.problem is not None:
             return
         from tdkit.tools.applied import dispatches
         from tdkit.tools.toolchain import Artifact
 
-        where = self.root / "default"
-        art = Artifact(dir=where, vmfb=where / "module.vmfb", payload=where / "payload.mlir",
-                       strategy=None, command=[], stderr="",
-                       configurations=where / "configurations")
-        found = dispatches(art)
+        if self.target.preprocessing is not None:
+            found = _scan(self.target, self.cfg)
+        else:
+            where = self.root / "default"
+            art = Artifact(dir=where, vmfb=where / "module.vmfb",
+                           payload=where / "payload.mlir", strategy=None, command=[],
+                           stderr="", configurations=where / "configurations")
+            found = dispatches(art)
         if not any(self.family.targets(d) for d in found):
             raise BadInputError(f"strategy {self.family.name} targets no dispatch of "
                                 f"{self.key.split(' sha=')[0].removeprefix('file ')} "
@@ -560,7 +586,7 @@ class Sweep:
         point = self.point_of(knobs)
         try:
             self.family.check(self.problem, knobs)
-            library = registry.library_text(self.family.entries(self.problem, knobs))
+            library = registry.library_text(self._entries(knobs))
         except KnobError as err:
             self._record(by_key, self._row(knobs, tunedb.PRUNED, reason=str(err)))
             searcher.tell(point, None)
@@ -575,6 +601,11 @@ class Sweep:
             return None
         return BuildJob(key, dataclasses.asdict(knobs), library,
                         self.root / hashlib.sha1(key.encode()).hexdigest()[:12])
+
+    def _entries(self, knobs: Any) -> list[Any]:
+        if self.mask is not None:  # a raised chain: its own mask kind
+            return self.family.masked_entries(self.problem, knobs, self.mask)
+        return self.family.entries(self.problem, knobs)
 
     def _evaluate(self, first: list[BuildJob], executor: Executor, cap: int) -> int:
         """Build a round in parallel, then time its verified candidates one at a time.
@@ -711,24 +742,31 @@ def tune(problem: Any, strategies: list[str], *, form: str | None = None,
 
 def tune_file(path: Path, strategies: list[str] | None, *, inputs: list[str] | None = None,
               function: str | None = None, cfg: HarnessConfig | None = None,
-              tcfg: TuneConfig | None = None) -> list[SweepSummary]:
+              tcfg: TuneConfig | None = None, raise_attention: bool = True
+              ) -> list[SweepSummary]:
     """Sweep the knobs of the strategies that lower dispatches of a payload module or ONNX
     model (all families whose dispatches it holds, or the named ones)."""
     cfg = cfg or HarnessConfig()
     tcfg = tcfg or TuneConfig()
-    target = file_target(path, cfg, inputs, function)
+    target = file_target(path, cfg, inputs, function, raise_attention)
     names = strategies or _families_in(target, cfg)
     return [Sweep(target, s, cfg, tcfg).run() for s in names]
 
 
-def _families_in(target: TuneTarget, cfg: HarnessConfig) -> list[str]:
-    """Families with a knob space that target a dispatch of the module's default build."""
+def _scan(target: TuneTarget, cfg: HarnessConfig) -> list[Any]:
+    """The dispatches of the module (raised, if it has a raising spec) as IREE configures
+    them by default."""
     from tdkit.tools.applied import dispatches
-    from tdkit.tools.harness import compile_default
+    from tdkit.tools.harness import compile_linked
 
-    art, _ = compile_default(target.payload, cfg.root() / "tune" / _slug(target.key) / "scan",
-                             cfg)
-    found = dispatches(art)
+    art, _ = compile_linked(target.payload, cfg.root() / "tune" / _slug(target.key) / "scan",
+                            cfg, preprocessing=target.preprocessing)
+    return dispatches(art)
+
+
+def _families_in(target: TuneTarget, cfg: HarnessConfig) -> list[str]:
+    """Families with a knob space that target a dispatch of the module (after raising)."""
+    found = _scan(target, cfg)
     names = [f.name for f in registry.families().values()
              if f.space is not None and any(f.targets(d) for d in found)]
     if not names:

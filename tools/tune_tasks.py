@@ -48,6 +48,7 @@ class SweepContext:
     repetitions: int = 3
     min_time_s: float = 0.05
     function: str = "main"
+    preprocessing: str | None = None  # a raising spec for the candidates (not the baseline)
 
     def run_options(self) -> RunOptions:
         return RunOptions(function=self.function, timeout_s=self.run_timeout_s)
@@ -96,7 +97,8 @@ def build_candidate(ctx: SweepContext, job: BuildJob, *, keep_bytes: bool = Fals
     start = time.perf_counter()
     try:
         art = compile_module(ctx.payload, job.out_dir, ctx.compile, strategy=job.library,
-                             compiler=ctx.compiler)
+                             compiler=ctx.compiler,
+                             preprocessing=ctx.preprocessing if job.library else None)
     except ToolError as err:
         if err.kind == "missing":
             raise
