@@ -487,10 +487,11 @@ class Sweep:
                                                  self._baseline_ok, self.session)
         self.summary.default_ms = self._baseline_ms
 
-    def _evaluated(self) -> int:
+    def _evaluated(self, rows: list[Candidate] | None = None) -> int:
         """Candidates of this sweep (same problem, strategy, tools, in the current space and
-        fixed knobs) in the database, pruned ones excluded."""
-        return sum(1 for row in self._rows() if row.status != tunedb.PRUNED)
+        fixed knobs) in the database (or in `rows`, this sweep's rows), pruned ones excluded."""
+        return sum(1 for row in (self._rows() if rows is None else rows)
+                   if row.status != tunedb.PRUNED)
 
     def _rows(self) -> list[Candidate]:
         rows = self.db.candidates(self.key, self.family.name, self.versions)
@@ -513,12 +514,13 @@ class Sweep:
         for row in self.db.candidates(self.key, self.family.name, self.versions):
             by_key[row.knobs] = row
             self._remember(row)
-        for row in self._rows():
+        mine = self._rows()
+        for row in mine:
             point = {k: row.knob_values[k] for k in self.space}
             if in_space(point, self.space):
                 searcher.observe(point, row.time_ms if row.verified else None)
         self._searcher, self._by_key = searcher, by_key
-        self._done = self._evaluated()
+        self._done = self._evaluated(mine)
         untuned = by_key.get(self.full_key(self.defaults))
         self._bar = _progress(self.budget, self._done, self.family.name, self.tcfg.progress)
         self._queue: list[Any] = [] if untuned else [self.defaults]
@@ -529,7 +531,7 @@ class Sweep:
             while self._done < self.budget:
                 if self._past_deadline():
                     break
-                self._round: list[tuple[BuildJob, Any, str]] = []
+                self._round: dict[str, tuple[BuildJob, Any]] = {}  # knobs key -> job, knobs
                 size = BATCH_PER_WORKER * executor.workers
                 first = []
                 while len(first) < size and (job := self._next_job()) is not None:
@@ -564,7 +566,7 @@ class Sweep:
                     return None
                 knobs = self.knobs_for(point)
             key = self.full_key(knobs)
-            if any(job.key == key for job, _, _ in self._round):
+            if key in self._round:
                 continue
             if key in by_key:
                 searcher.tell(self.point_of(knobs), _value(by_key[key]))
@@ -573,10 +575,10 @@ class Sweep:
             if job is None:
                 self._done += by_key[key].status != tunedb.PRUNED
                 continue
-            if any(lib == job.library for _, _, lib in self._round):
+            if any(j.strategy_hash == job.strategy_hash for j, _ in self._round.values()):
                 self._deferred.append(knobs)  # same strategy as one in this round: the next
                 continue  # round copies that one's result instead of compiling it again
-            self._round.append((job, knobs, job.library))
+            self._round[key] = (job, knobs)
             return job
         return None
 
@@ -600,7 +602,7 @@ class Sweep:
             searcher.tell(point, _value(row))
             return None
         return BuildJob(key, dataclasses.asdict(knobs), library,
-                        self.root / hashlib.sha1(key.encode()).hexdigest()[:12])
+                        self.root / hashlib.sha1(key.encode()).hexdigest()[:12], digest)
 
     def _entries(self, knobs: Any) -> list[Any]:
         if self.mask is not None:  # a raised chain: its own mask kind
@@ -620,28 +622,24 @@ class Sweep:
 
         verified: list[BuildOutcome] = []
         for out in executor.build(first, refill):
-            info = {job.key: (knobs, library) for job, knobs, library in self._round}
-            dirs = {job.key: job.out_dir for job, _, _ in self._round}
-            knobs, library = info[out.key]
+            job, knobs = self._round[out.key]
             if out.status != tunedb.OK:
                 row = self._row(knobs, out.status, reason=out.reason, compile_s=out.compile_s,
-                                strategy_hash=_sha(library), binary_hash=out.binary_hash,
+                                strategy_hash=job.strategy_hash, binary_hash=out.binary_hash,
                                 max_abs_err=out.max_abs_err, tolerance=self._tolerance(),
-                                artifacts=str(dirs[out.key]))
+                                artifacts=str(job.out_dir))
                 self._record(by_key, row)
                 searcher.tell(self.point_of(knobs), None)
             else:
                 verified.append(out)
         recorded = len(self._round) - len(verified)
-        info = {job.key: (knobs, library) for job, knobs, library in self._round}
-        dirs = {job.key: job.out_dir for job, _, _ in self._round}
         for out in sorted(verified, key=lambda o: o.key):
-            knobs, library = info[out.key]
+            job, knobs = self._round[out.key]
             if self._past_deadline():
                 continue  # verified but not timed: not recorded, a rerun does it again
-            common = dict(compile_s=out.compile_s, strategy_hash=_sha(library),
+            common = dict(compile_s=out.compile_s, strategy_hash=job.strategy_hash,
                           binary_hash=out.binary_hash, max_abs_err=out.max_abs_err,
-                          tolerance=self._tolerance(), artifacts=str(dirs[out.key]))
+                          tolerance=self._tolerance(), artifacts=str(job.out_dir))
             same = self._by_binary.get(out.binary_hash or "")
             if same is not None:
                 row = self._copy(knobs, same, reason=f"same binary as candidate {same.id}",
@@ -710,10 +708,6 @@ class Sweep:
 
 def _value(row: Candidate | None) -> float | None:
     return row.time_ms if row is not None and row.verified else None
-
-
-def _sha(text: str | None) -> str | None:
-    return hashlib.sha256(text.encode()).hexdigest() if text else None
 
 
 def _slug(text: str) -> str:

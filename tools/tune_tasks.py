@@ -60,6 +60,7 @@ class BuildJob:
     knobs: dict[str, Any]
     library: str | None  # transform library text; None builds IREE's default
     out_dir: Path
+    strategy_hash: str | None = None  # sha256 of `library`
 
 
 @dataclass
