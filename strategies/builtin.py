@@ -89,36 +89,32 @@ def is_attention_dispatch(dispatch: Any) -> bool:
     return "iree_linalg_ext.online_attention" in dispatch.source
 
 
-FLASH = register(Family(
-    name=attention_flash.FAMILY,
-    kinds=("attention",),
-    knobs=attention_flash.FlashKnobs,
-    entries=lambda problem, knobs: attention_flash.library_entries(problem, knobs),
-    targets=is_attention_dispatch,
-    check=lambda problem, knobs: knobs.check(problem),
-    fit=attention_flash.fit,
-    space=attention_flash.space,
-    exact_entries=lambda problem, knobs: attention_flash.library_entries(problem, knobs,
-                                                                         exact=True),
-    masked_entries=lambda problem, knobs, mask: attention_flash.library_entries(
-        problem, knobs, mask=mask),
-    description="attention on CPU: query rows to workgroups, online-softmax key loop, "
-                "decomposed, vectorized, no_pipeline",
-))
+def _attention_family(module: Any, knobs: type, description: str, *,
+                      configures: bool = False) -> Family:
+    """Register an attention family from its module (`FAMILY`, `library_entries`, `fit`,
+    `space`): both attention families expose the same functions."""
+    entries = module.library_entries
+    return register(Family(
+        name=module.FAMILY,
+        kinds=("attention",),
+        knobs=knobs,
+        entries=lambda problem, k: entries(problem, k),
+        targets=is_attention_dispatch,
+        check=lambda problem, k: k.check(problem),
+        fit=module.fit,
+        space=module.space,
+        exact_entries=lambda problem, k: entries(problem, k, exact=True),
+        masked_entries=lambda problem, k, mask: entries(problem, k, mask=mask),
+        configures=configures,
+        description=description,
+    ))
 
-CONFIG = register(Family(
-    name=attention_config.FAMILY,
-    kinds=("attention",),
-    knobs=attention_config.ConfigKnobs,
-    entries=lambda problem, knobs: attention_config.library_entries(problem, knobs),
-    targets=is_attention_dispatch,
-    check=lambda problem, knobs: knobs.check(problem),
-    fit=attention_config.fit,
-    space=attention_config.space,
-    exact_entries=lambda problem, knobs: attention_config.library_entries(problem, knobs,
-                                                                          exact=True),
-    masked_entries=lambda problem, knobs, mask: attention_config.library_entries(
-        problem, knobs, mask=mask),
-    configures=True,
-    description="attention on CPU: tile sizes for IREE's LinalgExtTileAndVectorize pipeline",
-))
+
+FLASH = _attention_family(
+    attention_flash, attention_flash.FlashKnobs,
+    "attention on CPU: query rows to workgroups, online-softmax key loop, decomposed, "
+    "vectorized, no_pipeline")
+CONFIG = _attention_family(
+    attention_config, attention_config.ConfigKnobs,
+    "attention on CPU: tile sizes for IREE's LinalgExtTileAndVectorize pipeline",
+    configures=True)

@@ -68,7 +68,6 @@ def _collapse_unit_dims(value: ir.Value, keep: list[bool]) -> ir.Value:
     """`value` without its size-1 dims where `keep` is False (tensor.collapse_shape)."""
     if all(keep):
         return value
-    rtype = ir.RankedTensorType(value.type)
     groups: list[list[int]] = []
     pending: list[int] = []
     for i, kept in enumerate(keep):
@@ -78,6 +77,12 @@ def _collapse_unit_dims(value: ir.Value, keep: list[bool]) -> ir.Value:
             pending = []
     if pending:  # trailing dropped dims join the last group
         groups[-1].extend(pending)
+    return _collapse(value, groups)
+
+
+def _collapse(value: ir.Value, groups: list[list[int]]) -> ir.Value:
+    """`tensor.collapse_shape` of `value`, each group of dims becoming one."""
+    rtype = ir.RankedTensorType(value.type)
     shape = [math.prod(rtype.shape[i] for i in g) for g in groups]
     i64 = ir.IntegerType.get_signless(64)
     reassociation = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, i) for i in g])
@@ -96,13 +101,7 @@ def _to_batch(value: ir.Value, batch: tuple[int, ...]) -> ir.Value:
     groups = batch_groups(lead, batch)
     assert groups is not None, (lead, batch)
     rank = len(rtype.shape)
-    groups = [*groups, [rank - 2], [rank - 1]]
-    i64 = ir.IntegerType.get_signless(64)
-    reassociation = ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, i) for i in g])
-                                      for g in groups])
-    shape = (*batch, *rtype.shape[-2:])
-    return tensor.CollapseShapeOp(tensor_type(shape, rtype.element_type), value,
-                                  reassociation).result
+    return _collapse(value, [*groups, [rank - 2], [rank - 1]])
 
 
 def _build_impl(name: str, chain: AttentionChain) -> None:
