@@ -180,7 +180,7 @@ def _chain(pv: ir.Operation) -> AttentionChain:
     norm = _generic(_through(p_value, "tensor.collapse_shape"), "arith.divf")
     exp = _generic(norm.operands[0], "math.exp")
     total = _generic(_through(norm.operands[1], "tensor.expand_shape"), "arith.addf")
-    if _op(_through(total.operands[0])) != exp:
+    if _op(total.operands[0]) != exp:
         raise _NotAttention("the softmax sum does not read the exponentials")
     sub = _generic(exp.operands[0], "arith.subf")
     maxr = _generic(_through(sub.operands[1], "tensor.expand_shape"), "arith.maximumf")
@@ -507,7 +507,7 @@ def _softmax_chain(norm: ir.Operation, taken: set[ir.Operation]) -> SoftmaxChain
     total = _generic(_through(norm.operands[1], "tensor.expand_shape"), "arith.addf")
     maxr = _generic(_through(exp.operands[1], "tensor.expand_shape"), "arith.maximumf")
     x = exp.operands[0]
-    if maxr.operands[0] != x or _op(_through(total.operands[0])) != exp:
+    if maxr.operands[0] != x or _op(total.operands[0]) != exp:
         raise _NotAttention("the reductions do not read the same rows")
     its = _iterators(maxr)
     if its.count("reduction") != 1 or _iterators(total) != its:

@@ -8,6 +8,7 @@ reason; plots of best-so-far time over trials, time per knob value, failures by 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,7 @@ def _varying(rows: list[tunedb.Candidate]) -> list[str]:
 
 
 def _counts(rows: list[tunedb.Candidate]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return counts
+    return dict(Counter(r.status for r in rows))
 
 
 def _markdown(reports: list[SweepReport], db_path: Path, out: Path) -> str:

@@ -240,6 +240,7 @@ class TuneTarget:
     # attention families then tune for it (its head dim, its mask) instead of any attention
     attention: tuple[Any, str] | None = None
     raised: list[str] = field(default_factory=list)
+    scanned: list[Any] | None = None  # its dispatches as IREE configures them (see `_scan`)
 
     @property
     def kind(self) -> str:
@@ -749,13 +750,16 @@ def tune_file(path: Path, strategies: list[str] | None, *, inputs: list[str] | N
 
 def _scan(target: TuneTarget, cfg: HarnessConfig) -> list[Any]:
     """The dispatches of the module (raised, if it has a raising spec) as IREE configures
-    them by default."""
+    them by default; compiled once per target (every family's sweep asks)."""
     from tdkit.tools.applied import dispatches
     from tdkit.tools.harness import compile_linked
 
-    art, _ = compile_linked(target.payload, cfg.root() / "tune" / _slug(target.key) / "scan",
-                            cfg, preprocessing=target.preprocessing)
-    return dispatches(art)
+    if target.scanned is None:
+        art, _ = compile_linked(target.payload,
+                                cfg.root() / "tune" / _slug(target.key) / "scan", cfg,
+                                preprocessing=target.preprocessing)
+        target.scanned = dispatches(art)
+    return target.scanned
 
 
 def _families_in(target: TuneTarget, cfg: HarnessConfig) -> list[str]:

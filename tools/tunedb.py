@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -228,13 +229,11 @@ class TuneDB:
 
     def add_baseline(self, problem: str, tool_versions: str, samples: list[float],
                      compile_s: float | None, ok: bool, session: str) -> float:
-        ordered = sorted(samples)
-        median = ordered[len(ordered) // 2] if len(ordered) % 2 else \
-            (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+        median = statistics.median(samples)
         self.conn.execute(
             "INSERT INTO baselines (problem, tool_versions, time_ms, min_ms, samples, compile_s,"
             " ok, session, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (problem, tool_versions, median, ordered[0], json.dumps(samples), compile_s,
+            (problem, tool_versions, median, min(samples), json.dumps(samples), compile_s,
              int(ok), session, time.time()))
         return median
 
