@@ -46,6 +46,9 @@ class Family:
         can also be exported as an IREE tuning spec.
       masked_entries: (problem, knobs, codegen mask kind) -> entries for a raised attention
         chain whose mask the problem cannot express (e.g. a key-padding mask).
+      device: "cpu" or "gpu": the targets it generates code for. A GPU family's knobs carry
+        the target (`target` field, e.g. "cuda:sm_80"), set from `--target` by
+        `parse_knobs`, so checks, entries and tuning records all know it.
     """
 
     name: str
@@ -60,18 +63,32 @@ class Family:
     exact_entries: Callable[[Any, Any], list[Any]] | None = None
     configures: bool = False
     masked_entries: Callable[[Any, Any, str], list[Any]] | None = None
+    device: str = "cpu"
 
-    def parse_knobs(self, values: Mapping[str, str] | None = None, problem: Any = None) -> Any:
-        """Knobs from `name=value` text pairs over the defaults (fitted to `problem`, if given);
-        KnobError for unknown names or values of the wrong type. Does not run `check()`."""
+    def supports(self, target: str) -> bool:
+        """Whether the family generates code for `--target target` ("cpu", "cuda:sm_80"...)."""
+        return (target == "cpu") == (self.device == "cpu")
+
+    def parse_knobs(self, values: Mapping[str, str] | None = None, problem: Any = None,
+                    target: str | None = None) -> Any:
+        """Knobs from `name=value` text pairs over the defaults (fitted to `problem`, if given;
+        a GPU family's for `target`); KnobError for unknown names, values of the wrong type, or
+        a target the family does not generate code for. Does not run `check()`."""
+        if target is not None and not self.supports(target):
+            raise KnobError(f"strategy {self.name} generates {self.device} code, not code for "
+                            f"--target {target}")
         fields = {f.name: f for f in dataclasses.fields(self.knobs)}
         parsed: dict[str, Any] = {}
         for key, text in (values or {}).items():
             if key not in fields:
                 raise KnobError(f"unknown knob {key!r} for strategy {self.name}; "
                                 f"known knobs: {', '.join(fields)}")
+            if key == "target":
+                raise KnobError("choose the target with --target, not --knob target=")
             parsed[key] = _parse_value(key, text, fields[key])
         defaults = self.knobs()
+        if target is not None and "target" in fields:
+            defaults = dataclasses.replace(defaults, target=target)
         if problem is not None and self.fit is not None:
             defaults = self.fit(problem, defaults)
         return dataclasses.replace(defaults, **parsed)
@@ -136,6 +153,7 @@ def get(name: str) -> Family:
     return fams[name]
 
 
-def for_kind(kind: str) -> list[Family]:
-    """Families that can lower problems of `kind`."""
-    return [f for f in families().values() if kind in f.kinds]
+def for_kind(kind: str, target: str | None = None) -> list[Family]:
+    """Families that can lower problems of `kind` (for `--target target`, if given)."""
+    return [f for f in families().values()
+            if kind in f.kinds and (target is None or f.supports(target))]

@@ -11,11 +11,13 @@ from tdkit.matchers.payload import stream_module
 from tdkit.strategies import registry
 from tdkit.tools import peers
 from tdkit.tools.applied import dispatches
+from tdkit.tools.errors import BadInputError
 from tdkit.tools.harness import (
     Build,
     HarnessConfig,
     build,
     compile_default,
+    device_for,
     execute,
     payload_text,
     rates,
@@ -32,6 +34,12 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
     them interleaved, then time the peers; returns one record. Top-level `strategy`, `time_ms`,
     `default_time_ms` and `speedup` describe the first strategy."""
     form = resolve_form(problem, form)
+    run_opts, not_run = device_for(cfg)
+    if not_run:
+        raise BadInputError(f"bench times kernels on a {cfg.compile.driver} device and this "
+                            f"machine has none; 'tdkit run --target {cfg.compile.target_name}' "
+                            f"compiles and checks without one")
+    with_peers = with_peers and not cfg.compile.is_gpu  # the peers are CPU kernels
     root = run_root(problem, form, cfg)
     payload = payload_text(problem, form)
     inputs = problem.make_inputs(cfg.seed)
@@ -41,12 +49,12 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
     for name in names:
         b = build(problem, form, name, knobs if name != registry.DEFAULT else None,
                   root / name, cfg, payload)
-        execute(b, problem, inputs, expected)
+        execute(b, problem, inputs, expected, run_opts)
         builds.append(b)
     timed = list(builds)
     if with_peers and problem.kind == "softmax":
         timed.append(_stream_build(problem, root / "stream", cfg))
-    time_builds(timed, inputs, cfg)
+    time_builds(timed, inputs, cfg, run_opts)
     default = builds[-1]
     rows: dict[str, dict[str, Any]] = {}
     for b in builds:
@@ -63,6 +71,7 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
     out: dict[str, Any] = {
         "ok": all(r["ok"] and r["applied"] for n, r in rows.items() if n != registry.DEFAULT),
         "problem": problem.label, "kind": problem.kind, "form": form,
+        "target": cfg.compile.target_name,
         "strategy": names[0], "applied": main["applied"], "dispatches": main["dispatches"],
         "max_abs_err": main["max_abs_err"], "tolerance": builds[0].verdict.tolerance,
         "time_ms": main["time_ms"], "min_ms": main["min_ms"], "gflops": main["gflops"],

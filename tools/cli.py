@@ -26,7 +26,7 @@ from tdkit.tools.errors import (
     ToolError,
 )
 from tdkit.tools.harness import HarnessConfig, library_for, run_problem
-from tdkit.tools.toolchain import COMPILER_ENV, CompileOptions
+from tdkit.tools.toolchain import COMPILER_ENV, TARGETS, CompileOptions, target_options
 
 KINDS = ("softmax", "attention")
 
@@ -66,10 +66,24 @@ def _add_tool_args(p: argparse.ArgumentParser) -> None:
                    help=f"iree-compile to use (default ${COMPILER_ENV} or the installed one)")
     p.add_argument("--artifacts", type=Path, help="directory for compile artifacts "
                    "(default: a fresh temporary directory)")
+    _add_target_arg(p)
     p.add_argument("--target-cpu", default="host",
                    help="--iree-llvmcpu-target-cpu for every compile (default host)")
     p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_target_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="cpu", metavar="TARGET",
+                   help=f"device to generate code for: {', '.join(TARGETS)} (default cpu; GPU "
+                   "targets compile anywhere and run only where that GPU exists)")
+
+
+def _target(args: argparse.Namespace) -> str:
+    target = getattr(args, "target", "cpu")
+    if target not in TARGETS:
+        raise BadInputError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    return target
 
 
 def _problem(args: argparse.Namespace) -> Any:
@@ -105,19 +119,26 @@ def _knobs(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _strategy(args: argparse.Namespace, kind: str) -> str:
+    """The strategy asked for, or the first family for `kind` on the target (or default)."""
+    target = _target(args)
     if args.strategy:
         if args.strategy != registry.DEFAULT:
             try:
-                registry.get(args.strategy)
+                family = registry.get(args.strategy)
             except KeyError as err:
                 raise BadInputError(str(err.args[0])) from None
+            if not family.supports(target):
+                others = [f.name for f in registry.for_kind(kind or family.kinds[0], target)]
+                raise BadInputError(f"strategy {family.name} generates {family.device} code, "
+                                    f"not code for --target {target}"
+                                    + (f"; try {', '.join(others)}" if others else ""))
         return args.strategy
-    fams = registry.for_kind(kind)
+    fams = registry.for_kind(kind, target)
     return fams[0].name if fams else registry.DEFAULT
 
 
 def _config(args: argparse.Namespace, **kw: Any) -> HarnessConfig:
-    opts = CompileOptions(cpu=getattr(args, "target_cpu", "host"))
+    opts = target_options(_target(args), CompileOptions(cpu=getattr(args, "target_cpu", "host")))
     return HarnessConfig(compiler=args.compiler, artifacts=args.artifacts, seed=args.seed,
                          compile=opts, **kw)
 
@@ -135,7 +156,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
     strategy = _strategy(args, problem.kind)
     if strategy == registry.DEFAULT:
         raise BadInputError(f"no tdkit strategy for {problem.kind} yet: nothing to emit")
-    text = library_for(problem, strategy, _knobs(args))
+    text = library_for(problem, strategy, _knobs(args), _target(args))
     if args.output:
         args.output.write_text(text)
     else:
@@ -144,11 +165,13 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def _run_table(d: dict[str, Any]) -> str:
-    lines = [f"{d['problem']}  form={d['form']}  strategy={d['strategy']}",
+    lines = [f"{d['problem']}  form={d['form']}  strategy={d['strategy']}  "
+             f"target={d['target']}",
              "  dispatches: " + ", ".join(f"{x['name']} [{x['strategy']}]"
                                            for x in d["dispatches"]),
-             f"  applied={d['applied']}  max_abs_err={d['max_abs_err']:.3g} "
-             f"(tolerance {d['tolerance']:g})  {'OK' if d['ok'] else 'FAIL'}"]
+             (f"  applied={d['applied']}  compiled, {d['not_run']}" if d.get("not_run") else
+              f"  applied={d['applied']}  max_abs_err={d['max_abs_err']:.3g} "
+              f"(tolerance {d['tolerance']:g})  {'OK' if d['ok'] else 'FAIL'}")]
     if d.get("time_ms") is not None:
         lines.append(f"  time {d['time_ms']:.4f} ms median, {d['min_ms']:.4f} ms min  "
                      f"({d['gflops']:.1f} GFLOP/s, {d['gbps']:.1f} GB/s)")

@@ -28,6 +28,7 @@ from tdkit.tools.toolchain import (
     CompileOptions,
     RunOptions,
     Timing,
+    available_devices,
     benchmark_module,
     compile_module,
     run_module,
@@ -78,14 +79,22 @@ class RunResult:
     main: Build
     default: Build | None = None
     error: str = ""
+    target: str = "cpu"
+    not_run: str = ""  # why the builds were compiled but not run (no device for the target)
 
     @property
     def ok(self) -> bool:
-        """The requested build applied and is correct. The default build's own verdict is
-        reported beside it (`default_ok`) but does not decide this: IREE's default pipeline
-        computes f16 softmax in f16 and can miss the f16 tolerance on long rows."""
+        """The requested build applied and is correct (or, for a GPU target on a machine
+        without that GPU, applied and compiled; `verified` says which). The default build's
+        own verdict is reported beside it (`default_ok`) but does not decide this: IREE's
+        default pipeline computes f16 softmax in f16 and can miss the f16 tolerance on long
+        rows."""
         m = self.main
-        return not self.error and m.applied and m.verdict is not None and m.verdict.ok
+        if self.error or not m.applied:
+            return False
+        if m.verdict is None:
+            return bool(self.not_run)
+        return m.verdict.ok
 
     @property
     def speedup(self) -> float | None:
@@ -103,7 +112,9 @@ class RunResult:
             "dtype": str(p.dtype),
             "form": self.form,
             "strategy": m.strategy,
+            "target": self.target,
             "applied": m.applied,
+            "verified": m.verdict is not None,
             "dispatches": [d.as_dict() for d in m.dispatches],
             "max_abs_err": m.verdict.max_abs_err if m.verdict else None,
             "tolerance": m.verdict.tolerance if m.verdict else None,
@@ -111,6 +122,8 @@ class RunResult:
             "artifacts": str(m.artifact.dir),
             "notes": m.notes,
         }
+        if self.not_run:
+            out["not_run"] = self.not_run
         if m.timing:
             out.update(rates(p, m.timing.median_ms))
             out["time_ms"] = m.timing.median_ms
@@ -139,14 +152,16 @@ def payload_text(problem: Problem, form: str) -> str:
         return str(module)
 
 
-def library_for(problem: Problem, strategy: str, knobs: dict[str, str] | None) -> str:
-    """The printed transform library for `strategy` on `problem`; BadInputError on bad knobs."""
+def library_for(problem: Problem, strategy: str, knobs: dict[str, str] | None,
+                target: str = "cpu") -> str:
+    """The printed transform library for `strategy` on `problem` for `--target target`;
+    BadInputError on bad knobs or a strategy that does not generate code for the target."""
     family = registry.get(strategy)
     if problem.kind not in family.kinds:
         raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems "
                             f"(it handles {', '.join(family.kinds)})")
     try:
-        return family.library_text(problem, family.parse_knobs(knobs, problem))
+        return family.library_text(problem, family.parse_knobs(knobs, problem, target))
     except KnobError as err:
         raise BadInputError(f"invalid knob: {err}") from None
 
@@ -184,18 +199,34 @@ def build(problem: Problem, form: str, strategy: str, knobs: dict[str, str] | No
     if strategy == DEFAULT:
         art, notes = compile_default(payload, out_dir, cfg)
         return Build(DEFAULT, art, dispatches(art), applied=True, notes=notes)
-    library = library_for(problem, strategy, knobs)
+    library = library_for(problem, strategy, knobs, cfg.compile.target_name)
     art, notes = compile_linked(payload, out_dir, cfg, strategy=library)
     family = registry.get(strategy)
     infos = check_applied(art, family.targets)
     return Build(strategy, art, infos, applied=True, notes=notes)
 
 
-def execute(b: Build, problem: Problem, inputs: list[np.ndarray], expected: np.ndarray) -> None:
+def execute(b: Build, problem: Problem, inputs: list[np.ndarray], expected: np.ndarray,
+            run_opts: RunOptions | None = None) -> None:
     """Run a build once and record its verdict against the reference."""
     shape, dtype = problem.output_spec()
-    (out,) = run_module(b.artifact.vmfb, inputs, [(shape, dtype.numpy)], b.artifact.dir / "run")
+    (out,) = run_module(b.artifact.vmfb, inputs, [(shape, dtype.numpy)], b.artifact.dir / "run",
+                        run_opts or RunOptions())
     b.verdict = compare(out, expected, TOLERANCES[dtype])
+
+
+def device_for(cfg: HarnessConfig) -> tuple[RunOptions, str]:
+    """How to run this target's modules here, and "" or why they cannot run (a GPU target on
+    a machine where `iree-run-module` finds no such device)."""
+    opts = cfg.compile
+    if not opts.is_gpu:
+        return RunOptions(), ""
+    found = available_devices(opts.driver)
+    if not found:
+        return RunOptions(), (f"not run: no {opts.driver} device on this machine "
+                              f"(iree-run-module --list_devices lists none); compiled for "
+                              f"{opts.target_name} only")
+    return RunOptions(device=found[0]), ""
 
 
 def time_builds(builds: list[Build], inputs: list[np.ndarray], cfg: HarnessConfig,
@@ -225,16 +256,19 @@ def run_problem(problem: Problem, strategy: str, *, knobs: dict[str, str] | None
     payload = payload_text(problem, form)
     inputs = problem.make_inputs(cfg.seed)
     expected = problem.reference(inputs)
+    run_opts, not_run = device_for(cfg)
     main = build(problem, form, strategy, knobs, root / strategy, cfg, payload)
-    execute(main, problem, inputs, expected)
-    result = RunResult(problem, form, main)
+    result = RunResult(problem, form, main, target=cfg.compile.target_name, not_run=not_run)
     builds = [main]
     if compare_default and strategy != DEFAULT:
         result.default = build(problem, form, DEFAULT, None, root / DEFAULT, cfg, payload)
-        execute(result.default, problem, inputs, expected)
         builds.append(result.default)
+    if not_run:
+        return result
+    for b in builds:
+        execute(b, problem, inputs, expected, run_opts)
     if timing:
-        time_builds(builds, inputs, cfg)
+        time_builds(builds, inputs, cfg, run_opts)
     return result
 
 

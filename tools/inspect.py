@@ -16,6 +16,7 @@ PASS = "iree-codegen-lower-executable-using-transform-dialect"
 # IREE's own CPU pipelines (entries that only configure a dispatch, e.g. the attention `config`
 # family) run inside this pass; its dump is the dispatch right before LLVM conversion.
 CPU_PIPELINE_PASS = "iree-llvmcpu-lower-executable-target"
+GPU_PIPELINE_PASS = "iree-llvmgpu-lower-executable-target"  # CUDA and ROCm
 # MLIR prints either "After NamePass (arg)" or "After NamePass: arg{options}".
 _HEADER = re.compile(r"^// -----// IR Dump After \S+(?: \((?P<a>[\w-]+)\)|: (?P<b>[\w-]+)\S*)"
                      r" //----- //$", re.MULTILINE)
@@ -27,10 +28,11 @@ def strategy_ir(problem: Any, strategy: str, knobs: dict[str, str] | None, *, fo
     (the transform strategy, or the IREE pipeline a configuring entry selected), and return
     the dumps of the dispatches the strategy lowered."""
     payload = payload_text(problem, resolve_form(problem, form))
-    library = library_for(problem, strategy, knobs)
+    library = library_for(problem, strategy, knobs, cfg.compile.target_name)
+    pipeline = GPU_PIPELINE_PASS if cfg.compile.is_gpu else CPU_PIPELINE_PASS
     opts = replace(cfg.compile, extra_flags=(*cfg.compile.extra_flags,
                                              f"--mlir-print-ir-after={PASS}",
-                                             f"--mlir-print-ir-after={CPU_PIPELINE_PASS}",
+                                             f"--mlir-print-ir-after={pipeline}",
                                              "--mlir-disable-threading"))
     art = compile_module(payload, cfg.root() / "apply", opts, strategy=library,
                          compiler=cfg.compiler)

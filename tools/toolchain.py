@@ -19,7 +19,7 @@ import signal
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ml_dtypes
@@ -29,6 +29,16 @@ from tdkit.tools.errors import ToolError
 
 COMPILER_ENV = "TDKIT_IREE_COMPILE"  # == tool_env("iree-compile")
 STDERR_TAIL_LINES = 30
+
+# The targets users name with `--target`: (CompileOptions.target, gpu_arch).
+TARGETS: dict[str, tuple[str, str | None]] = {
+    "cpu": ("llvm-cpu", None),
+    "cuda:sm_80": ("cuda", "sm_80"),
+    "cuda:sm_90": ("cuda", "sm_90"),
+    "rocm:gfx942": ("rocm", "gfx942"),
+}
+# The HAL driver that runs each backend's modules.
+DRIVERS = {"llvm-cpu": "local-task", "cuda": "cuda", "rocm": "hip"}
 
 # Flags that select a target device, per target name.
 TARGET_FLAGS: dict[str, tuple[str, ...]] = {
@@ -64,6 +74,32 @@ class CompileOptions:
     extra_flags: tuple[str, ...] = ()
     timeout_s: float = 600.0
 
+    @property
+    def target_name(self) -> str:
+        """The `--target` name of these options: "cpu", "cuda:sm_80", "rocm:gfx942"..."""
+        if self.target == "llvm-cpu":
+            return "cpu"
+        default = "sm_80" if self.target == "cuda" else "gfx942"
+        return f"{self.target}:{self.gpu_arch or default}"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.target != "llvm-cpu"
+
+    @property
+    def driver(self) -> str:
+        """The HAL driver (`iree-run-module --device=`) that runs modules for this target."""
+        return DRIVERS[self.target]
+
+
+def target_options(name: str, base: CompileOptions | None = None) -> CompileOptions:
+    """`base` (default CompileOptions()) retargeted to `--target name`; ValueError naming the
+    known targets for anything else."""
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
+    target, arch = TARGETS[name]
+    return replace(base or CompileOptions(), target=target, gpu_arch=arch)
+
 
 def compile_argv(compiler: str, source: Path, output: Path, opts: CompileOptions, *,
                  library: Path | None = None, dump_configurations: Path | None = None,
@@ -88,6 +124,10 @@ def compile_argv(compiler: str, source: Path, output: Path, opts: CompileOptions
         argv.append(f"--iree-hal-dump-executable-configurations-to={dump_configurations}")
     if opts.compile_to:
         argv.append(f"--compile-to={opts.compile_to}")
+    if opts.is_gpu and dump_configurations is not None:
+        # The device code (PTX; ROCm: the HSACO and its ISA listing), for structural checks.
+        argv += ["--iree-hal-dump-executable-binaries-to=binaries",
+                 "--iree-hal-dump-executable-intermediates-to=intermediates"]
     argv.extend(opts.extra_flags)
     argv.extend(["-o", str(output)])
     return argv
@@ -232,8 +272,9 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
         library = out_dir / "strategy.mlir"
         library.write_text(strategy)
     configs = out_dir / "configurations"
-    if configs.exists():
-        shutil.rmtree(configs)
+    for stale in (configs, out_dir / "binaries", out_dir / "intermediates"):
+        if stale.exists():
+            shutil.rmtree(stale)
     vmfb = out_dir / ("module.vmfb" if opts.compile_to is None else "module.out.mlir")
     # Paths relative to out_dir (the compile runs there): IREE embeds source paths in the
     # module, and relative ones make the same payload + strategy give the same bytes in any
@@ -399,6 +440,20 @@ def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
         raise ToolError("iree-benchmark-module reported no timings", argv=argv,
                         stderr_tail=_tail(proc.stderr))
     return Timing(samples)
+
+
+def available_devices(driver: str, *, timeout_s: float = 60.0) -> list[str]:
+    """The devices `iree-run-module --list_devices` enumerates for HAL `driver` ("cuda", "hip",
+    "local-task"): e.g. ["cuda://GPU-..."], or [] when the driver or its library is missing."""
+    argv = [find_tool("iree-run-module"), "--list_devices"]
+    try:
+        proc = run_process(argv, timeout_s=timeout_s, what="iree-run-module --list_devices")
+    except ToolError as err:
+        if err.missing:
+            raise
+        return []
+    prefix = f"{driver}://"
+    return [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith(prefix)]
 
 
 def tool_versions(compiler: str | None = None) -> str:
