@@ -265,7 +265,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.strategy:
         strategies = [_strategy(args, problem.kind)]
     else:
-        strategies = [f.name for f in registry.for_kind(problem.kind)]
+        strategies = [f.name for f in registry.for_kind(problem.kind, _target(args))]
     strategies = [s for s in strategies if s != registry.DEFAULT]
     if not strategies:
         raise BadInputError(f"no tdkit strategy for {problem.kind} to benchmark")
@@ -298,7 +298,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if strategies == [registry.DEFAULT]:
             raise BadInputError("IREE's default pipeline has no knobs to tune")
     else:
-        strategies = None if is_file else [f.name for f in registry.for_kind(problem.kind)]
+        strategies = None if is_file else \
+            [f.name for f in registry.for_kind(problem.kind, _target(args))]
     if args.space and (strategies is None or len(strategies) != 1):
         raise BadInputError("--space needs one --strategy (knob names are per strategy)")
     for name, value in (("--jobs", args.jobs), ("--baseline-every", args.baseline_every),

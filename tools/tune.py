@@ -29,7 +29,7 @@ from tdkit.strategies.base import KnobError
 from tdkit.tools import tunedb
 from tdkit.tools.errors import BadInputError
 from tdkit.tools.executors import Executor, make_executor
-from tdkit.tools.harness import HarnessConfig, payload_text, resolve_form
+from tdkit.tools.harness import HarnessConfig, device_for, payload_text, resolve_form
 from tdkit.tools.search import (
     SEARCHES,
     Point,
@@ -115,6 +115,7 @@ class SweepSummary:
     best: Candidate | None = None
     stopped: str = ""
     confirmed: dict[str, float] = field(default_factory=dict)  # ms, timed side by side at the end
+    not_run: str = ""  # why candidates were compiled but not run or timed (no device here)
 
     @property
     def verified_per_minute(self) -> float:
@@ -144,6 +145,8 @@ class SweepSummary:
             "confirmed_ms": self.confirmed,
             "confirmed_speedup_vs_default": _ratio(self.confirmed, "default", "best"),
             "confirmed_speedup_vs_untuned": _ratio(self.confirmed, "untuned", "best"),
+            "compiled": self.counts.get(tunedb.COMPILED, 0),
+            "not_run": self.not_run,
         }
 
 
@@ -173,7 +176,9 @@ def problem_from_record(record: dict[str, Any]) -> tuple[Any, str]:
 
 
 def problem_key(problem: Any, form: str, cfg: HarnessConfig) -> str:
-    return f"{problem.label} form={form} cpu={cfg.compile.cpu}"
+    where = f"target={cfg.compile.target_name}" if cfg.compile.is_gpu else \
+        f"cpu={cfg.compile.cpu}"
+    return f"{problem.label} form={form} {where}"
 
 
 # --------------------------------------------------------------------------- space
@@ -332,7 +337,12 @@ class Sweep:
         if problem is not None and problem.kind not in self.family.kinds:
             raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems")
         self.space = sweep_space(self.family, problem, tcfg.space)
-        self.defaults = self.family.parse_knobs({}, problem)
+        target_name = cfg.compile.target_name
+        if not self.family.supports(target_name):
+            raise BadInputError(f"strategy {strategy} generates {self.family.device} code, not "
+                                f"code for --target {target_name}")
+        self.defaults = self.family.parse_knobs({}, problem, target_name)
+        self.run_opts, self.not_run = device_for(cfg)
         self.key = target.key
         self.record = json.dumps(target.record, sort_keys=True)
         self.session = uuid.uuid4().hex[:12]
@@ -372,7 +382,8 @@ class Sweep:
             payload=t.payload, inputs=t.inputs, expected=t.expected, outputs=t.outputs,
             tolerances=t.tolerances, compile=self.cfg.compile, compiler=self.cfg.compiler,
             family=None, repetitions=self.tcfg.repetitions, min_time_s=self.tcfg.min_time_s,
-            function=t.function)
+            function=t.function, device=self.run_opts.device, run=not self.not_run)
+        self.summary.not_run = self.not_run
         with TuneDB(self.tcfg.db) as db:
             self.db = db
             baseline = self._build_baseline(base_ctx)
@@ -380,7 +391,8 @@ class Sweep:
             if base_ctx.expected is None:  # a file without an independent reference
                 base_ctx = dataclasses.replace(base_ctx, expected=baseline.outputs)
             self._check_targets()
-            self._measure_baseline(None, base_ctx)
+            if not self.not_run:
+                self._measure_baseline(None, base_ctx)
             ctx = dataclasses.replace(
                 base_ctx, family=self.family.name, preprocessing=t.preprocessing,
                 compile=dataclasses.replace(self.cfg.compile,
@@ -459,7 +471,7 @@ class Sweep:
 
     def _build_baseline(self, ctx: SweepContext) -> BuildOutcome:
         out = build_candidate(ctx, BuildJob("default", {}, None, self.root / "default"))
-        if out.vmfb is None:
+        if out.vmfb is None and out.status != tunedb.COMPILED:
             raise BadInputError(f"IREE's default pipeline failed on {self.key}, so there is no "
                                 f"baseline to tune against: {out.reason}")
         self.summary.default_compile_s = out.compile_s
@@ -624,7 +636,13 @@ class Sweep:
         verified: list[BuildOutcome] = []
         for out in executor.build(first, refill):
             job, knobs = self._round[out.key]
-            if out.status != tunedb.OK:
+            if out.status == tunedb.COMPILED:  # compile-only sweep: nothing to time
+                self._record(by_key, self._row(
+                    knobs, out.status, reason=out.reason, compile_s=out.compile_s,
+                    strategy_hash=job.strategy_hash, binary_hash=out.binary_hash,
+                    artifacts=str(job.out_dir)))
+                searcher.tell(self.point_of(knobs), None)
+            elif out.status != tunedb.OK:
                 row = self._row(knobs, out.status, reason=out.reason, compile_s=out.compile_s,
                                 strategy_hash=job.strategy_hash, binary_hash=out.binary_hash,
                                 max_abs_err=out.max_abs_err, tolerance=self._tolerance(),
@@ -766,7 +784,8 @@ def _families_in(target: TuneTarget, cfg: HarnessConfig) -> list[str]:
     """Families with a knob space that target a dispatch of the module (after raising)."""
     found = _scan(target, cfg)
     names = [f.name for f in registry.families().values()
-             if f.space is not None and any(f.targets(d) for d in found)]
+             if f.space is not None and f.supports(cfg.compile.target_name)
+             and any(f.targets(d) for d in found)]
     if not names:
         raise BadInputError(f"no dispatch of {target.record.get('path')} is one tdkit has a "
                             f"strategy for (dispatches: {', '.join(d.name for d in found)})")
@@ -795,6 +814,9 @@ def summary_table(summaries: list[SweepSummary]) -> str:
                 lines.append(f"  speedup: {d['speedup_vs_default']:.2f}x over IREE default"
                              + (f", {d['speedup_vs_untuned']:.2f}x over untuned defaults"
                                 if d["speedup_vs_untuned"] else ""))
+        elif d["not_run"]:
+            lines.append(f"  {d['compiled']} candidates compiled and applied; timing them "
+                         f"needs the device ({d['not_run']})")
         else:
             lines.append("  no verified candidate")
         conf = d["confirmed_ms"]

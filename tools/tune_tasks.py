@@ -49,9 +49,12 @@ class SweepContext:
     min_time_s: float = 0.05
     function: str = "main"
     preprocessing: str | None = None  # a raising spec for the candidates (not the baseline)
+    device: str = "local-task"  # iree-run-module --device
+    run: bool = True  # False: compile and check only (no device for the target here)
 
     def run_options(self) -> RunOptions:
-        return RunOptions(function=self.function, timeout_s=self.run_timeout_s)
+        return RunOptions(device=self.device, function=self.function,
+                          timeout_s=self.run_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ def build_candidate(ctx: SweepContext, job: BuildJob, *, keep_bytes: bool = Fals
             return BuildOutcome(job.key, tunedb.NOT_APPLIED, str(err), compile_s)
     data = art.vmfb.read_bytes()
     binary_hash = hashlib.sha256(data).hexdigest()
+    if not ctx.run:
+        return BuildOutcome(job.key, tunedb.COMPILED, "compiled and applied; not run (no "
+                            f"device for {ctx.compile.target_name} here)", compile_s,
+                            binary_hash, vmfb=art.vmfb)
     try:
         got = run_module(art.vmfb, ctx.inputs, list(ctx.outputs), job.out_dir / "run",
                          ctx.run_options())

@@ -35,6 +35,8 @@ COMPILE_TIMEOUT = "compile_timeout"
 RUN_FAILED = "run_failed"
 RUN_CRASH = "run_crash"
 RUN_TIMEOUT = "run_timeout"
+# Compiled and applied, not run: the target's device is not on this machine (GPU targets).
+COMPILED = "compiled"
 FAILURES = (MISCOMPILE, NOT_APPLIED, COMPILE_FAILED, COMPILE_CRASH, COMPILE_TIMEOUT,
             RUN_FAILED, RUN_CRASH, RUN_TIMEOUT)
 VERIFIED = (OK, DUPLICATE)
