@@ -7,7 +7,8 @@ import math
 import re
 from typing import Any
 
-from tdkit.strategies import attention_config, attention_flash, softmax_cpu
+from tdkit.strategies import attention_config, attention_flash, softmax_cpu, softmax_gpu
+from tdkit.strategies.base import KnobError
 from tdkit.strategies.library import LibraryEntry
 from tdkit.strategies.registry import Family, register
 
@@ -81,6 +82,59 @@ SOFTMAX_CPU = register(Family(
     exact_entries=lambda problem, knobs: softmax_cpu.library_entries(
         knobs, rank=problem.rank, dim=problem.axis, shape=problem.shape),
     description="softmax on CPU: rows to workgroups, fused reductions, vectorized, no_pipeline",
+))
+
+
+def _softmax_gpu_entries(problem: Any, knobs: softmax_gpu.SoftmaxGpuKnobs, *,
+                         exact: bool = False) -> list[LibraryEntry]:
+    if problem is not None:
+        return softmax_gpu.library_entries(
+            knobs, rank=problem.rank, dim=problem.axis, target=knobs.target,
+            dtype=str(problem.dtype), shape=problem.shape if exact else None)
+    return [e for rank in range(2, MAX_RANK + 1)
+            for e in softmax_gpu.library_entries(knobs, rank=rank, dim=rank - 1,
+                                                 target=knobs.target)]
+
+
+def _softmax_gpu_fit(problem: Any, knobs: softmax_gpu.SoftmaxGpuKnobs
+                     ) -> softmax_gpu.SoftmaxGpuKnobs:
+    """Per-target defaults for the problem's rows (`softmax_gpu.default_knobs`); knobs
+    unchanged for a problem the family cannot take (its `check` then says why)."""
+    try:
+        return softmax_gpu.default_knobs(problem.shape, knobs.target, str(problem.dtype))
+    except KnobError:
+        return knobs
+
+
+def _softmax_gpu_check(problem: Any, knobs: softmax_gpu.SoftmaxGpuKnobs) -> None:
+    if problem is None:
+        knobs.check()
+        return
+    if str(problem.dtype) not in softmax_gpu.DTYPES:
+        raise KnobError(f"softmax_gpu supports {', '.join(softmax_gpu.DTYPES)}, "
+                        f"got {problem.dtype}")
+    knobs.check(problem.shape, dim=problem.axis)
+
+
+def _softmax_gpu_space(problem: Any, target: str) -> dict[str, tuple[Any, ...]]:
+    shape = (64, 1024) if problem is None else problem.shape
+    dim = -1 if problem is None else problem.axis
+    return softmax_gpu.space(shape, dim, target)
+
+
+SOFTMAX_GPU = register(Family(
+    name="softmax_gpu",
+    kinds=("softmax",),
+    knobs=softmax_gpu.SoftmaxGpuKnobs,
+    entries=_softmax_gpu_entries,
+    targets=is_softmax_dispatch,
+    check=_softmax_gpu_check,
+    fit=_softmax_gpu_fit,
+    space=_softmax_gpu_space,
+    exact_entries=lambda problem, knobs: _softmax_gpu_entries(problem, knobs, exact=True),
+    device="gpu",
+    description="softmax on CUDA/ROCm: rows to blocks, lanes of a subgroup per row, "
+                "vectorized loads, shuffle reductions, no_pipeline",
 ))
 
 

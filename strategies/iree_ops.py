@@ -188,3 +188,115 @@ def apply_registered_pass(target: ir.Value, pass_name: str,
     registered pass on the payload op. Consumes `target`; returns the new handle."""
     return transform.ApplyRegisteredPassOp(any_op(), target, pass_name,
                                            options=dict(options or {})).result
+
+
+# --- Helpers added for the GPU softmax family ------------------------------------------------
+
+def map_nested_forall_to_gpu_threads(func: ir.Value, workgroup_dims: Sequence[int], *,
+                                     subgroup_size: int,
+                                     sync_after_distribution: bool = True) -> None:
+    """`transform.iree.map_nested_forall_to_gpu_threads %func workgroup_dims = [x, y, z]
+    subgroup_size = N`: rewrite the bufferized `#gpu.thread<...>`-mapped foralls of the func
+    into `gpu.thread_id` (predicated where a forall uses fewer threads than the workgroup),
+    with a barrier after each unless `sync_after_distribution` is False. Also sets the func's
+    translation_info to `no_pipeline` with this workgroup size and subgroup size."""
+    if len(workgroup_dims) != 3:
+        raise ValueError(f"workgroup_dims needs 3 entries, got {list(workgroup_dims)}")
+    i64 = ir.IntegerType.get_signless(64)
+    attrs = {"workgroup_dims": ir.DenseI64ArrayAttr.get([int(d) for d in workgroup_dims]),
+             "subgroup_size": ir.IntegerAttr.get(i64, int(subgroup_size)),
+             "sync_after_distribution": ir.BoolAttr.get(sync_after_distribution)}
+    _create("transform.iree.map_nested_forall_to_gpu_threads", [func], attributes=attrs)
+
+
+def vector_to_warp_execute_on_lane_0(if_op: ir.Value, warp_size: int) -> ir.Value:
+    """`transform.iree.vector.to_warp_execute_on_lane_0 %if {warp_size = N}`: move the body of
+    each `scf.if (threadIdx.x == 0)` into a `gpu.warp_execute_on_lane_0` over `warp_size`
+    lanes (the workgroup's x size must be a multiple of it). Other ops are dropped from the
+    result; returns the warp ops."""
+    attrs = {"warp_size": ir.IntegerAttr.get(ir.IntegerType.get_signless(64), int(warp_size))}
+    return _create("transform.iree.vector.to_warp_execute_on_lane_0", [if_op], [any_op()],
+                   attrs).result
+
+
+def vector_warp_distribute(func: ir.Value) -> None:
+    """`transform.iree.vector.warp_distribute %func`: distribute the vector ops of every
+    `gpu.warp_execute_on_lane_0` across its lanes (reductions become shuffle butterflies,
+    across subgroups through shared memory); what cannot be distributed runs on lane 0."""
+    _create("transform.iree.vector.warp_distribute", [func])
+
+
+# --- Helpers added for the GPU attention family (IREE's GPU pipelines) ------------------------
+
+def i64_array(values: Sequence[int]) -> ir.Attribute:
+    """`[v0, v1, ...]`: an ArrayAttr of i64 IntegerAttrs (how IREE's GPU lowering_config spells
+    tile-size lists)."""
+    i64 = ir.IntegerType.get_signless(64)
+    return ir.ArrayAttr.get([ir.IntegerAttr.get(i64, int(v)) for v in values])
+
+
+def gpu_basis(counts: Sequence[int], mapping: Sequence[int]) -> ir.Attribute:
+    """`[[counts...], [mapping...]]`: an IREE GPU basis (`subgroup_basis`, `lane_basis`)."""
+    return ir.ArrayAttr.get([i64_array(counts), i64_array(mapping)])
+
+
+def mma_layout(intrinsic: str, *, col_major: bool = False) -> ir.Attribute:
+    """`#iree_gpu.mma_layout<NAME>` (or `#iree_gpu.virtual_mma_layout<NAME>` for IREE's virtual
+    `VMFMA_*` intrinsics), with `col_major = true` when asked."""
+    if not intrinsic.isidentifier():
+        raise ValueError(f"not an MMA intrinsic name: {intrinsic!r}")
+    kind = "virtual_mma_layout" if intrinsic.startswith("V") else "mma_layout"
+    suffix = ", col_major = true" if col_major else ""
+    return ir.Attribute.parse(f"#iree_gpu.{kind}<{intrinsic}{suffix}>")
+
+
+def derived_thread_config() -> ir.Attribute:
+    """`#iree_gpu.derived_thread_config`: the promotion type IREE's own GPU configurations use
+    for promoted operands (copies distributed to threads as the pipeline derives)."""
+    return ir.Attribute.parse("#iree_gpu.derived_thread_config")
+
+
+def gpu_lowering_config(fields: dict[str, ir.Attribute]) -> ir.Attribute:
+    """`#iree_gpu.lowering_config<{name = attr, ...}>` from already-built attributes (e.g.
+    `workgroup`/`reduction` via `i64_array`, `subgroup_basis` via `gpu_basis`, `mma_kind`
+    via `mma_layout`)."""
+    return ir.Attribute.parse(f"#iree_gpu.lowering_config<{ir.DictAttr.get(fields)}>")
+
+
+def promoted_operands(operands: Sequence[int]) -> dict[str, ir.Attribute]:
+    """The `promote_operands` and matching `promotion_types` (derived thread config) entries of
+    an `#iree_gpu.lowering_config` that promote `operands` to workgroup (shared) memory."""
+    return {"promote_operands": i64_array(operands),
+            "promotion_types": ir.ArrayAttr.get([derived_thread_config() for _ in operands])}
+
+
+def translation_info_gpu_pipeline(pipeline: str, workgroup_size: Sequence[int],
+                                  subgroup_size: int, *,
+                                  denormal_fp32_preserve_sign: bool = True) -> ir.Attribute:
+    """`#iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<NAME> workgroup_size =
+    [x, y, z] subgroup_size = N, {...}>`: one of IREE's own GPU pipelines (e.g.
+    `VectorDistribute`). With `denormal_fp32_preserve_sign` (as IREE's attention configurations
+    set) f32 denormals are flushed preserving the sign."""
+    if not pipeline.isidentifier():
+        raise ValueError(f"not a pipeline name: {pipeline!r}")
+    sizes = [int(s) for s in workgroup_size] + [1] * (3 - len(workgroup_size))
+    if len(sizes) != 3:
+        raise ValueError(f"workgroup_size needs at most 3 entries, got {list(workgroup_size)}")
+    config = ""
+    if denormal_fp32_preserve_sign:
+        config = (', {iree_codegen.denormal_fp_math_f32 = '
+                  '#iree_codegen.denormal_fp_math<"preserve-sign">}')
+    return ir.Attribute.parse(
+        f"#iree_codegen.translation_info<pipeline = #iree_gpu.pipeline<{pipeline}> "
+        f"workgroup_size = {_i64_list(sizes)} subgroup_size = {int(subgroup_size)}{config}>")
+
+
+def attention_decomposition_config(qk_lowering_config: ir.Attribute,
+                                   pv_lowering_config: ir.Attribute) -> ir.Attribute:
+    """The `decomposition_config` of an online_attention for IREE's GPU pipelines:
+    `{qk_attrs = {lowering_config = ...}, pv_attrs = {lowering_config = ...}}` (the lowering
+    configs of the Q·Kᵀ and P·V contractions the decomposition creates)."""
+    return ir.DictAttr.get({
+        "qk_attrs": ir.DictAttr.get({"lowering_config": qk_lowering_config}),
+        "pv_attrs": ir.DictAttr.get({"lowering_config": pv_lowering_config}),
+    })

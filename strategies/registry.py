@@ -39,7 +39,7 @@ class Family:
       description: one line for `--help` and listings.
       space: problem -> {knob name: candidate values}: the declared search ranges `tdkit tune`
         explores (knobs not listed keep their fitted defaults). Combinations are pruned by
-        `check` before anything compiles.
+        `check` before anything compiles. A GPU family's takes (problem, target name).
       exact_entries: (problem, knobs) -> entries matching only that problem's exact sizes
         (`tdkit export` puts the tuned knobs of several problems in one library).
       configures: its entries only configure IREE's own pipeline (no codegen spec), so they

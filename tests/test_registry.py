@@ -37,6 +37,7 @@ def test_unknown_and_mistyped_knobs() -> None:
 def test_every_family_is_listed_with_its_kinds() -> None:
     fams = registry.families()
     assert {"softmax_cpu", "flash", "config"} <= set(fams)
-    assert [f.name for f in registry.for_kind("softmax")] == ["softmax_cpu"]
+    assert [f.name for f in registry.for_kind("softmax", "cpu")] == ["softmax_cpu"]
+    assert [f.name for f in registry.for_kind("softmax", "rocm:gfx942")] == ["softmax_gpu"]
     with pytest.raises(KeyError, match="unknown strategy"):
         registry.get("nope")

@@ -37,6 +37,22 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "cuda:sm_90": ("cuda", "sm_90"),
     "rocm:gfx942": ("rocm", "gfx942"),
 }
+# IREE 3.13 knows no sm_90 by name ("missing GPU target in #hal.executable.target"): for
+# `cuda:sm_90` the payload module carries its own device target, Ampere's codegen features
+# (mma.sync; IREE has no wgmma) with `arch = "sm_90"`, PTX 8.0 and Hopper's 227 KiB of
+# shared memory per block. The PTX then targets sm_90.
+_SM90_DEVICE_TARGETS = (
+    '[#hal.device.target<"cuda", [#hal.executable.target<"cuda", "cuda-nvptx-fb", '
+    '{iree_codegen.target_info = #iree_gpu.target<arch = "sm_90", features = "+ptx80", '
+    'wgp = <compute = fp64|fp32|fp16|int64|int32|int16|int8, storage = b64|b32|b16|b8, '
+    'subgroup = shuffle|arithmetic, dot = dp4xi8toi32, mma = [<NV_MMA_SYNC_F32_16x8x16_F16>, '
+    '<NV_MMA_SYNC_F16_16x8x16_F16>, <NV_MMA_SYNC_F32_16x8x16_BF16>, '
+    '<NV_WMMA_F32_16x16x16_F16>, <NV_WMMA_F16_16x16x16_F16>], subgroup_size_choices = [32], '
+    'max_workgroup_sizes = [1024, 1024, 1024], max_thread_count_per_workgroup = 1024, '
+    'max_workgroup_memory_bytes = 232448, '
+    'max_workgroup_counts = [2147483647, 65535, 65535]>>}>]>]')
+PAYLOAD_DEVICE_TARGETS = {"cuda:sm_90": _SM90_DEVICE_TARGETS}
+
 # The HAL driver that runs each backend's modules.
 DRIVERS = {"llvm-cpu": "local-task", "cuda": "cuda", "rocm": "hip"}
 
@@ -266,6 +282,8 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
     pipeline each dispatch got."""
     out_dir.mkdir(parents=True, exist_ok=True)
     source = out_dir / "payload.mlir"
+    if opts.target_name in PAYLOAD_DEVICE_TARGETS:
+        payload = with_device_targets(payload, PAYLOAD_DEVICE_TARGETS[opts.target_name])
     source.write_text(payload)
     library = None
     if strategy is not None:
@@ -300,6 +318,21 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
     (out_dir / "stderr.txt").write_text(proc.stderr)
     return Artifact(dir=out_dir, vmfb=vmfb, payload=source, strategy=library, command=argv,
                     stderr=proc.stderr, configurations=configs, stdout=proc.stdout)
+
+
+def with_device_targets(payload: str, targets: str) -> str:
+    """`payload` with its module's `hal.device.targets` set to `targets` (for targets that
+    `iree-compile` flags cannot name). ValueError if the payload does not parse."""
+    from iree.compiler import ir
+
+    with ir.Context() as ctx:
+        ctx.allow_unregistered_dialects = True
+        try:
+            module = ir.Module.parse(payload)
+        except ir.MLIRError as err:
+            raise ValueError(f"payload does not parse: {err}") from None
+        module.operation.attributes["hal.device.targets"] = ir.Attribute.parse(targets)
+        return str(module)
 
 
 def import_onnx(model: Path, output: Path, *, timeout_s: float = 600.0) -> Path:

@@ -184,12 +184,13 @@ def problem_key(problem: Any, form: str, cfg: HarnessConfig) -> str:
 # --------------------------------------------------------------------------- space
 
 def sweep_space(family: registry.Family, problem: Any,
-                overrides: dict[str, tuple[Any, ...]]) -> Space:
-    """The family's declared ranges for `problem`, with `overrides` (parsed values) replacing
-    or adding knobs."""
+                overrides: dict[str, tuple[Any, ...]], target: str = "cpu") -> Space:
+    """The family's declared ranges for `problem` (a GPU family's for `target`), with
+    `overrides` (parsed values) replacing or adding knobs."""
     if family.space is None:
         raise BadInputError(f"strategy {family.name} declares no knob space to tune")
-    space = dict(family.space(problem))
+    space = dict(family.space(problem, target) if family.device == "gpu"
+                 else family.space(problem))
     known = {f.name for f in dataclasses.fields(family.knobs)}
     for name, values in overrides.items():
         if name not in known:
@@ -336,11 +337,11 @@ class Sweep:
             self.mask = target.attention[1]
         if problem is not None and problem.kind not in self.family.kinds:
             raise BadInputError(f"strategy {strategy} does not handle {problem.kind} problems")
-        self.space = sweep_space(self.family, problem, tcfg.space)
         target_name = cfg.compile.target_name
         if not self.family.supports(target_name):
             raise BadInputError(f"strategy {strategy} generates {self.family.device} code, not "
                                 f"code for --target {target_name}")
+        self.space = sweep_space(self.family, problem, tcfg.space, cfg.compile.target_name)
         self.defaults = self.family.parse_knobs({}, problem, target_name)
         self.run_opts, self.not_run = device_for(cfg)
         self.key = target.key
