@@ -324,8 +324,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         summaries = tune(problem, strategies or [], form=args.form, cfg=_config(args),
                          tcfg=tcfg)
-    out = {"ok": all(s.best is not None for s in summaries),
-           "sweeps": [s.as_dict() for s in summaries]}
+    sweeps = [s.as_dict() for s in summaries]
+    out = {"ok": all(d["ok"] for d in sweeps), "sweeps": sweeps}
     return _emit(out, args, summary_table(summaries))
 
 

@@ -126,7 +126,9 @@ class SweepSummary:
         best = self.best
         failed = sum(self.counts.get(s, 0) for s in tunedb.FAILURES)
         return {
-            "ok": best is not None, "problem": self.problem, "strategy": self.strategy,
+            # compile-only (no device here): ok when candidates compiled and applied
+            "ok": best is not None or bool(self.not_run and self.counts.get(tunedb.COMPILED)),
+            "problem": self.problem, "strategy": self.strategy,
             "db": str(self.db), "search": self.search, "space_size": self.space_size,
             "budget": self.budget, "evaluated": self.evaluated, "new": self.new,
             "counts": self.counts, "pruned": self.counts.get(tunedb.PRUNED, 0),
@@ -392,7 +394,9 @@ class Sweep:
             if base_ctx.expected is None:  # a file without an independent reference
                 base_ctx = dataclasses.replace(base_ctx, expected=baseline.outputs)
             self._check_targets()
-            if not self.not_run:
+            if self.not_run:
+                self.run_timeout = self._timeout(0.0)  # nothing runs
+            else:
                 self._measure_baseline(None, base_ctx)
             ctx = dataclasses.replace(
                 base_ctx, family=self.family.name, preprocessing=t.preprocessing,
