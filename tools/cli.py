@@ -202,9 +202,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _emit(d, args, _run_table(d))
 
 
+def _cpu_only_for_files(args: argparse.Namespace, what: str) -> None:
+    if _target(args) != "cpu":
+        raise BadInputError(f"'tdkit {what} FILE' compiles for --target cpu only so far; GPU "
+                            "targets take built-in problems (softmax, attention)")
+
+
 def _run_file(args: argparse.Namespace) -> int:
     from tdkit.tools.modules import run_file
 
+    _cpu_only_for_files(args, "run")
     path = Path(args.problem)
     if not path.exists():
         raise BadInputError(f"no such file: {path}")
@@ -286,6 +293,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tdkit.tools.tune import TuneConfig, parse_space, summary_table, tune, tune_file
 
     is_file = Path(args.problem).suffix in (".mlir", ".onnx")
+    if is_file:
+        _cpu_only_for_files(args, "tune")
     problem = None if is_file else _problem(args)
     if args.knob:
         raise BadInputError("tune searches the knobs: give ranges with --space KNOB=V1,V2")
@@ -354,6 +363,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    _cpu_only_for_files(args, "inspect")
     from tdkit.tools.listing import inspect_file, inspect_table
 
     strategies = [args.strategy] if args.strategy else None

@@ -95,3 +95,11 @@ def test_device_code_of_default_f16_attention(target: str, backend: str, instruc
 def test_gpu_targets_listed() -> None:
     for target in GPU_TARGETS:
         assert target_options(target).is_gpu
+
+
+def test_files_are_cpu_only_for_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "m.mlir"
+    f.write_text("func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {\n"
+                 "  return %a : tensor<4xf32>\n}\n")
+    _one_line_error(capsys, ["run", str(f), "--target", "cuda:sm_80"], "--target cpu only")
+    _one_line_error(capsys, ["tune", str(f), "--target", "rocm:gfx942"], "--target cpu only")
