@@ -7,7 +7,13 @@ import math
 import re
 from typing import Any
 
-from tdkit.strategies import attention_config, attention_flash, softmax_cpu, softmax_gpu
+from tdkit.strategies import (
+    attention_config,
+    attention_flash,
+    attention_gpu,
+    softmax_cpu,
+    softmax_gpu,
+)
 from tdkit.strategies.base import KnobError
 from tdkit.strategies.library import LibraryEntry
 from tdkit.strategies.registry import Family, register
@@ -172,3 +178,38 @@ CONFIG = _attention_family(
     attention_config, attention_config.ConfigKnobs,
     "attention on CPU: tile sizes for IREE's LinalgExtTileAndVectorize pipeline",
     configures=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlashGpuKnobs(attention_gpu.GpuAttentionKnobs):
+    """`attention_gpu.GpuAttentionKnobs` plus the target they are for (set from `--target`)."""
+
+    target: str = "cuda:sm_80"
+
+    def check(self, problem: Any = None, target: Any = None) -> None:
+        super().check(problem, self.target if target is None else target)
+
+
+def _flash_gpu_fit(problem: Any, knobs: FlashGpuKnobs) -> FlashGpuKnobs:
+    return attention_gpu.fit(problem, knobs, knobs.target)
+
+
+FLASH_GPU = register(Family(
+    name="flash_gpu",
+    kinds=("attention",),
+    knobs=FlashGpuKnobs,
+    entries=lambda problem, k: attention_gpu.library_entries(problem, k, k.target),
+    targets=is_attention_dispatch,
+    check=lambda problem, k: k.check(problem),
+    fit=_flash_gpu_fit,
+    space=attention_gpu.space,
+    exact_entries=lambda problem, k: attention_gpu.library_entries(problem, k, k.target,
+                                                                   exact=True),
+    masked_entries=lambda problem, k, mask: attention_gpu.library_entries(problem, k, k.target,
+                                                                          mask=mask),
+    configures=True,
+    device="gpu",
+    description="flash attention on CUDA/ROCm: query tiles to blocks, warps over rows, K/V "
+                "tiles in shared memory, online-softmax key loop, mma.sync/MFMA (IREE's "
+                "VectorDistribute pipeline, configured)",
+))
