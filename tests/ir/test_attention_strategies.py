@@ -384,7 +384,11 @@ def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
     assert (fitted.rows, fitted.key_tile) == (4, 2)
     fitted.check(Attention((1,), 5, 3, 16))
     assert attention_flash.fit(P64, FlashKnobs()) == FlashKnobs()
-    assert attention_flash.fit(Attention((2,), 64, 64, 128), FlashKnobs()).key_tile == 8
+    wide = attention_flash.fit(Attention((2,), 64, 64, 128), FlashKnobs())
+    assert (wide.rows, wide.key_tile) == (32, 4)  # f32, head dim 128: measured best
+    wide.check(Attention((2,), 64, 64, 128))
+    half = Attention((2,), 64, 64, 128, dtype=DType.F16)
+    assert attention_flash.fit(half, FlashKnobs()).key_tile == 8  # not measured: unchanged
     assert attention_flash.fit(Attention((2,), 64, 64, 64, n=40), FlashKnobs()).value_tile == 0
     f16 = Attention((2,), 64, 64, 64, dtype=DType.F16)
     assert attention_flash.fit(f16, FlashKnobs()).value_tile == 0
