@@ -87,7 +87,8 @@ def _plots(rep: SweepReport, out: Path) -> list[Path]:
     ax.set_xlabel("candidate")
     ax.set_ylabel("ms (median)")
     ax.set_title(f"{rep.strategy}: {rep.problem.split(' form=')[0]}", fontsize=9)
-    ax.legend(fontsize=7)
+    if pts or rep.default_ms:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out / f"{rep.slug}_best.png")
     fig.savefig(paths[-1], dpi=110)
@@ -162,6 +163,11 @@ def _markdown(reports: list[SweepReport], db_path: Path, out: Path) -> str:
                          + (f", {untuned.time_ms / best.time_ms:.2f}x the untuned defaults "
                             f"(candidate {untuned.id})" if untuned else "") + "  ")
             lines.append(f"Knobs: `{best.knobs}`")
+        elif any(r.status == tunedb.COMPILED for r in rep.rows):
+            compiled = sum(r.status == tunedb.COMPILED for r in rep.rows)
+            lines.append(f"No timed candidate: {compiled} compiled and applied, but this "
+                         "target's device was not on the machine that ran the sweep; timing needs "
+                         "a sweep run where it is.")
         else:
             lines.append("No verified candidate.")
         lines += ["", "### Fastest verified candidates", "",

@@ -131,3 +131,21 @@ def test_tune_compiles_candidates_without_a_device(tmp_path: Path,
     assert len(rows) == 5 and {r.status for r in rows} == {"compiled"}
     assert len({r.binary_hash for r in rows}) == 5
     assert all(json.loads(r.knobs)["target"] == "rocm:gfx942" for r in rows)
+
+
+def test_report_of_a_compile_only_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    from .conftest import device_of
+
+    if device_of("cuda:sm_80") is not None:
+        pytest.skip("this machine has a CUDA device: the sweep times candidates there")
+    db = tmp_path / "t.db"
+    assert main(["tune", "softmax", "--shape", "64x1024", "--target", "cuda:sm_80",
+                 "--search", "grid", "--space", "threads_per_row=32",
+                 "--space", "vector_width=2,4", "--space", "rows_per_block=1",
+                 "--db", str(db), "--artifacts", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["report", "--db", str(db), "-o", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "summary.md").read_text()
+    # the two grid points and the untuned defaults (4 rows per block)
+    assert "| compiled | 3 |" in text and "No timed candidate: 3 compiled and applied" in text
+    capsys.readouterr()
