@@ -1,4 +1,4 @@
-"""The `gpu` attention family: configure IREE's GPU attention pipeline (VectorDistribute).
+"""The `flash_gpu` attention family: configure IREE's GPU attention pipeline (VectorDistribute).
 
 One job: a kernel-config library entry (no codegen spec) that finds an attention dispatch's
 `iree_linalg_ext.online_attention` (`tdkit.matchers.attention`) and annotates it so IREE's own
@@ -42,15 +42,16 @@ What check() enforces was measured with iree-compile 3.13 (compile only, no GPU;
 * Partial tiles are masked and compile when only M or only K2 is partial. When both are
   (M % BM != 0 and K2 % KT != 0) VectorDistribute fails ("failed to distribute", for every
   warp count, M = K2 in {197, 200, 300, 1000, 1200}) for BM == KT, for BM == 16·KT (MMA rows x
-  KT), with mma.sync also for BM == 2·KT == D, and in the SIMT route when D is not a multiple
-  of the lanes x vector reading it; gfx942's f32 MFMA then needs an i1 mask in shared memory
-  and fails ("failed to emulate bit width").
+  KT), and with mma.sync also for BM == 2·KT == D; gfx942's f32 MFMA then needs an i1 mask in
+  shared memory and fails ("failed to emulate bit width").
+* SIMT route: lanes split the key tile first; the rest read D and the value tile in 128-bit
+  vectors and must tile them (with a partial key tile, D = 32 read by 8 lanes x 8 f16 failed
+  to distribute). Every lane keeps its rows' outputs: more than `SIMT_MAX_ACCUMULATORS` per
+  thread spilled on gfx942 and compiled for 6-18 s.
 * IREE's own constraint (config_llvm_gpu_vd_attention_constraints.mlir): BM is a multiple of
   warps x MMA rows, KT of the intrinsics' K2 extents, D of Q·Kᵀ's K, the value tile of P·V's N.
 * Tiles larger than the problem's dims are refused (a key tile above K2 failed: "tile size
   analysis did not determine a valid value").
-* SIMT route: every lane keeps its rows' outputs; more than `SIMT_MAX_ACCUMULATORS` per thread
-  spilled on gfx942 and compiled for 6-18 s.
 
 Compiled results (no GPU to run them): f16/bf16 use mma.sync (sm_80, sm_90) / v_mfma (gfx942)
 with shared memory for 1024 and 197-long sequences, D = 64 and 128, causal or masked; f32 uses
@@ -58,8 +59,8 @@ v_mfma on gfx942 and the SIMT route on CUDA. IREE's default pipeline uses no mat
 instruction for 197 (M = 1 per workgroup) nor for f32 on CUDA.
 
 sm_90: IREE 3.13 has no built-in sm_90 target (`--iree-cuda-target=sm_90` fails with "missing
-GPU target in #hal.executable.target"); `with_device_target` describes it on the payload module
-(Ampere's mma.sync intrinsics, PTX 8.0, 227 KiB) and `compile_flags` then passes no target flag.
+GPU target in #hal.executable.target"); `tdkit.tools.toolchain` describes it on the payload
+module (Ampere's mma.sync intrinsics, PTX 8.0, 227 KiB).
 """
 
 from __future__ import annotations
@@ -79,14 +80,14 @@ from tdkit.strategies.base import require
 from tdkit.strategies.gpu_targets import GpuTarget, parse_target
 from tdkit.strategies.library import SELECT_SUFFIX, LibraryEntry, strategy_marker
 
-FAMILY = "gpu"
+FAMILY = "flash_gpu"
 PIPELINE = "VectorDistribute"
 # Bits each thread moves per promoted copy (IREE's kPreferredCopyNumBits).
 COPY_BITS = 128
 # The workgroup memory IREE 3.13 assumes per target (`max_workgroup_memory_bytes` of its
 # `#iree_gpu.target`) and enforces in GPUCheckResourceUsage. IREE's CUDA backend uses dynamic
 # shared memory and its runtime opts in to the maximum, so this exceeds CUDA's 48 KiB static
-# budget. sm_90 has no IREE target: the value is the one `device_targets_attribute` declares.
+# budget. sm_90 has no IREE target: the value is the one `tdkit.tools.toolchain` declares for it.
 IREE_WORKGROUP_MEMORY_BYTES: dict[str, int] = {
     "sm_80": 163 * 1024, "sm_90": 227 * 1024, "gfx942": 64 * 1024,
 }
@@ -182,19 +183,7 @@ def mma_shapes(target: GpuTarget) -> tuple[str, ...]:
     return tuple(sorted(shapes))
 
 
-# --- Targets: compile flags, and sm_90 (unknown to IREE 3.13) ---------------------------------
-
-_EXPLICIT_CUDA_ARCHS = {"sm_90": "+ptx80"}
-# IREE 3.13's Ampere wgp (sm_80), reused for sm_90 with its own workgroup memory.
-_NV_MMA_WGP = (
-    "compute = fp64|fp32|fp16|int64|int32|int16|int8, storage = b64|b32|b16|b8, "
-    "subgroup = shuffle|arithmetic, dot = dp4xi8toi32, mma = [<NV_MMA_SYNC_F32_16x8x16_F16>, "
-    "<NV_MMA_SYNC_F16_16x8x16_F16>, <NV_MMA_SYNC_F32_16x8x16_BF16>, <NV_WMMA_F32_16x16x16_F16>, "
-    "<NV_WMMA_F16_16x16x16_F16>], subgroup_size_choices = [32], "
-    "max_workgroup_sizes = [1024, 1024, 1024], max_thread_count_per_workgroup = 1024, "
-    "max_workgroup_memory_bytes = SMEM, max_workgroup_counts = [2147483647, 65535, 65535]"
-)
-
+# --- Targets -------------------------------------------------------------------------------
 
 def resolve_target(target: GpuTarget | str) -> GpuTarget:
     """A GpuTarget, or the one named ("cuda:sm_80", "cuda:sm_90", "rocm:gfx942")."""
@@ -204,41 +193,6 @@ def resolve_target(target: GpuTarget | str) -> GpuTarget:
 def workgroup_memory_limit(target: GpuTarget) -> int:
     """Bytes of workgroup (shared / LDS) memory IREE's pipelines may use on `target`."""
     return IREE_WORKGROUP_MEMORY_BYTES.get(target.arch, target.max_shared_memory_bytes)
-
-
-def needs_device_target(target: GpuTarget) -> bool:
-    """IREE 3.13 does not know this arch by name: the payload must carry the target."""
-    return target.arch in _EXPLICIT_CUDA_ARCHS
-
-
-def device_targets_attribute(target: GpuTarget) -> ir.Attribute:
-    """`[#hal.device.target<"cuda", [#hal.executable.target<"cuda", "cuda-nvptx-fb",
-    {iree_codegen.target_info = #iree_gpu.target<...>}>]> : !hal.device]` for a CUDA arch IREE
-    3.13 has no built-in target for (sm_90). Needs an active context."""
-    if not needs_device_target(target):
-        raise ValueError(f"{target.name} is built into IREE 3.13: use compile_flags()")
-    wgp = _NV_MMA_WGP.replace("SMEM", str(workgroup_memory_limit(target)))
-    gpu = (f'#iree_gpu.target<arch = "{target.arch}", '
-           f'features = "{_EXPLICIT_CUDA_ARCHS[target.arch]}", wgp = <{wgp}>>')
-    exe = f'#hal.executable.target<"cuda", "cuda-nvptx-fb", {{iree_codegen.target_info = {gpu}}}>'
-    return ir.Attribute.parse(f'[#hal.device.target<"cuda", [{exe}]> : !hal.device]')
-
-
-def with_device_target(module: ir.Module, target: GpuTarget) -> ir.Module:
-    """Put `hal.device.targets` on a payload module for targets IREE does not know (sm_90);
-    other targets are left to `compile_flags`. Returns the module."""
-    if needs_device_target(target):
-        module.operation.attributes["hal.device.targets"] = device_targets_attribute(target)
-    return module
-
-
-def compile_flags(target: GpuTarget) -> list[str]:
-    """iree-compile flags selecting `target` (none for sm_90: see `with_device_target`)."""
-    if needs_device_target(target):
-        return []
-    if target.backend == "cuda":
-        return ["--iree-hal-target-device=cuda", f"--iree-cuda-target={target.arch}"]
-    return ["--iree-hal-target-device=hip", f"--iree-rocm-target={target.arch}"]
 
 
 # --- Knobs -----------------------------------------------------------------------------------
@@ -340,9 +294,12 @@ class GpuAttentionKnobs:
             require(self.key_tile % lanes_k2 == 0,
                     f"key_tile ({self.key_tile}) must be a multiple of the {lanes_k2} lanes "
                     f"that split each key tile")
-            require(d % vec == 0 and vt % vec == 0,
+            width = lanes_k1 * vec
+            require(d % width == 0 and vt % width == 0,
                     f"the head dim D = {d} and value_tile ({vt}) must be multiples of the "
-                    f"{vec}-element ({COPY_BITS}-bit) vectors each lane reads")
+                    f"{lanes_k1} lanes x {vec}-element vectors that read them (key_tile="
+                    f"{self.key_tile} leaves {lanes_k1} of the {target.subgroup_size} lanes "
+                    f"for them; a larger key_tile leaves fewer)")
             rows = self.block_m // self.warps
             accumulators = rows * math.ceil(vt / lanes_k1)
             require(accumulators <= SIMT_MAX_ACCUMULATORS,
@@ -378,11 +335,6 @@ class GpuAttentionKnobs:
         require(self.block_m != self.key_tile,
                 f"block_m == key_tile {where}: IREE 3.13 fails to distribute the masks")
         if mma is None:
-            lanes_k1, _, vec = simt_lanes(d, str(problem.dtype), target, self.key_tile)
-            require(d % (lanes_k1 * vec) == 0,
-                    f"the head dim D = {d} is not a multiple of the {lanes_k1} lanes x {vec} "
-                    f"elements that read it {where}: IREE 3.13 fails to distribute the masks "
-                    f"(use a larger key_tile)")
             return
         require(self.block_m != mma.m * self.key_tile,
                 f"block_m == {mma.m} x key_tile {where}: IREE 3.13 fails to distribute the "
