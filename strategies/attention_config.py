@@ -34,7 +34,7 @@ from tdkit.matchers.attention import CodegenPredicate, build_codegen_matcher, pr
 from tdkit.strategies import iree_ops
 from tdkit.strategies.attention_flash import predicates_for
 from tdkit.strategies.base import require
-from tdkit.strategies.library import SELECT_SUFFIX, LibraryEntry, strategy_marker
+from tdkit.strategies.library import LibraryEntry, configuring_entry, strategy_marker
 
 FAMILY = "config"
 PIPELINE = "LinalgExtTileAndVectorize"
@@ -169,16 +169,9 @@ def library_entry(knobs: ConfigKnobs, pred: CodegenPredicate) -> LibraryEntry:
     """The matcher and configuring action for dispatches satisfying `pred` (no codegen spec)."""
     knobs.check()
     name = entry_name(pred)
-    return LibraryEntry(
-        strategy=FAMILY,
-        spec_name=name,
-        build_matcher=lambda n: build_codegen_matcher(n, pred),
-        build_spec=None,
-        # the marker names the entry as built (an exported copy carries its own suffix)
-        build_action=lambda n: build_config_action(n, n.removesuffix(SELECT_SUFFIX), knobs,
-                                                   pred),
-        config=(knobs, pred),
-    )
+    return configuring_entry(
+        FAMILY, name, lambda n: build_codegen_matcher(n, pred),
+        lambda n, entry: build_config_action(n, entry, knobs, pred), config=(knobs, pred))
 
 
 def library_entries(problem: Any, knobs: ConfigKnobs, *, exact: bool = False,

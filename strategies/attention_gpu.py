@@ -78,7 +78,7 @@ from tdkit.strategies import iree_ops
 from tdkit.strategies.attention_flash import predicates_for
 from tdkit.strategies.base import require
 from tdkit.strategies.gpu_targets import GpuTarget, parse_target
-from tdkit.strategies.library import SELECT_SUFFIX, LibraryEntry, strategy_marker
+from tdkit.strategies.library import LibraryEntry, configuring_entry, strategy_marker
 
 FAMILY = "flash_gpu"
 PIPELINE = "VectorDistribute"
@@ -585,16 +585,10 @@ def library_entry(knobs: GpuAttentionKnobs, pred: CodegenPredicate, target: GpuT
     target = resolve_target(target)
     knobs.check(None, target)
     name = entry_name(pred, target)
-    return LibraryEntry(
-        strategy=FAMILY,
-        spec_name=name,
-        build_matcher=lambda n: build_codegen_matcher(n, pred),
-        build_spec=None,
-        # the marker names the entry as built (an exported copy carries its own suffix)
-        build_action=lambda n: build_config_action(n, n.removesuffix(SELECT_SUFFIX), knobs,
-                                                   pred, target),
-        config=(knobs, pred, target.name),
-    )
+    return configuring_entry(
+        FAMILY, name, lambda n: build_codegen_matcher(n, pred),
+        lambda n, entry: build_config_action(n, entry, knobs, pred, target),
+        config=(knobs, pred, target.name))
 
 
 def library_entries(problem: Any, knobs: GpuAttentionKnobs, target: GpuTarget | str, *,

@@ -63,6 +63,18 @@ class LibraryEntry:
         return f"{self.spec_name}{SELECT_SUFFIX}"
 
 
+def configuring_entry(strategy: str, spec_name: str, build_matcher: Callable[[str], object],
+                      build_action: Callable[[str, str], object], config: object
+                      ) -> LibraryEntry:
+    """An entry without a codegen spec whose action configures one of IREE's own pipelines:
+    `build_action(action_name, entry_name)` emits it; the entry name it gets is the one the
+    action's marker must carry (as built: an exported copy carries its own suffix)."""
+    return LibraryEntry(strategy=strategy, spec_name=spec_name, build_matcher=build_matcher,
+                        build_spec=None,
+                        build_action=lambda n: build_action(n, n.removesuffix(SELECT_SUFFIX)),
+                        config=config)
+
+
 def build_action(name: str, spec_name: str) -> transform.NamedSequenceOp:
     """`@name(%op {transform.readonly})`: annotate the func holding `%op` with the
     translation_info that runs `@spec_name` as its codegen."""

@@ -232,11 +232,6 @@ def _any() -> ir.Type:
     return transform.AnyOpType.get()
 
 
-def match_exactly(target: ir.Value, op_name: str, count: int) -> list[ir.Value]:
-    """Every `op_name` under `target`, one handle each; fails unless there are exactly `count`."""
-    found = structured.MatchOp.match_op_names(target, [op_name]).result
-    split = transform.SplitHandleOp([_any()] * count, found, pass_through_empty_handle=False)
-    return list(split.results)
 
 
 @dataclass(frozen=True)
@@ -251,22 +246,12 @@ class DispatchHandles:
 
 def match_dispatch(variant: ir.Value, reductions: int) -> DispatchHandles:
     """The func, its `reductions` fills and reductions, and the root generic (the last one)."""
-    (func,) = match_exactly(variant, "func.func", 1)
-    fills = match_exactly(func, "linalg.fill", reductions)
-    generics = match_exactly(func, "linalg.generic", reductions + 1)
+    (func,) = steps.match_exactly(variant, "func.func", 1)
+    fills = steps.match_exactly(func, "linalg.fill", reductions)
+    generics = steps.match_exactly(func, "linalg.generic", reductions + 1)
     return DispatchHandles(func, fills, generics[:-1], generics[-1])
 
 
-def fuse_producers(producers: Sequence[ir.Value], loop_op: ir.Value) -> tuple[list[ir.Value],
-                                                                             ir.Value]:
-    """Fuse `producers` (given in program order) into `loop_op`, consumers first. Returns the
-    fused ops (in program order) and the new loop handle. Fails if one cannot be fused."""
-    fused: list[ir.Value] = []
-    for producer in reversed(producers):
-        op = structured.FuseIntoContainingOp(producer, loop_op)
-        fused.append(op.fused_op)
-        loop_op = op.new_containing_op
-    return fused[::-1], loop_op
 
 
 def _interleave(fills: Sequence[ir.Value], reductions: Sequence[ir.Value]) -> list[ir.Value]:
@@ -282,7 +267,7 @@ def tile_to_workgroups(h: DispatchHandles, t: Tiling) -> tuple[DispatchHandles, 
     tiled = structured.TileUsingForallOp(h.root, tile_sizes=list(t.workgroup),
                                          mapping=_block_mapping(t.workgroup))
     iree_ops.populate_workgroup_count_region_using_num_threads_slice(tiled.forall_op)
-    fused, forall = fuse_producers(_interleave(h.fills, h.reductions), tiled.forall_op)
+    fused, forall = steps.fuse_producers(_interleave(h.fills, h.reductions), tiled.forall_op)
     return DispatchHandles(h.func, fused[0::2], fused[1::2], tiled.tiled_op), forall
 
 
@@ -293,7 +278,7 @@ def tile_rows(h: DispatchHandles, t: Tiling) -> tuple[DispatchHandles, list[ir.V
         return h, []
     tiled = structured.TileUsingForOp(h.root, sizes=list(t.row))
     loops = list(tiled.loops)
-    fused, loops[-1] = fuse_producers(_interleave(h.fills, h.reductions), loops[-1])
+    fused, loops[-1] = steps.fuse_producers(_interleave(h.fills, h.reductions), loops[-1])
     return DispatchHandles(h.func, fused[0::2], fused[1::2], tiled.tiled_linalg_op), loops
 
 

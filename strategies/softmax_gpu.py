@@ -232,11 +232,6 @@ def _apply_patterns(func: ir.Value, *builders) -> None:
             build()
 
 
-def match_exactly(target: ir.Value, op_name: str, count: int) -> list[ir.Value]:
-    """Every `op_name` under `target`, one handle each; fails unless there are exactly `count`."""
-    found = structured.MatchOp.match_op_names(target, [op_name]).result
-    split = transform.SplitHandleOp([_any()] * count, found, pass_through_empty_handle=False)
-    return list(split.results)
 
 
 def expect_count(target: ir.Value, op_name: str, count: int) -> None:
@@ -268,22 +263,12 @@ class DispatchHandles:
 
 def match_dispatch(variant: ir.Value) -> DispatchHandles:
     """The func, its 2 fills and the 3 generics (2 reductions, the root last)."""
-    (func,) = match_exactly(variant, "func.func", 1)
-    fills = match_exactly(func, "linalg.fill", 2)
-    generics = match_exactly(func, "linalg.generic", 3)
+    (func,) = steps.match_exactly(variant, "func.func", 1)
+    fills = steps.match_exactly(func, "linalg.fill", 2)
+    generics = steps.match_exactly(func, "linalg.generic", 3)
     return DispatchHandles(func, fills, generics[:2], generics[2])
 
 
-def fuse_producers(producers: Sequence[ir.Value], loop_op: ir.Value
-                   ) -> tuple[list[ir.Value], ir.Value]:
-    """Fuse `producers` (in program order) into `loop_op`, consumers first. Returns the fused
-    ops (in program order) and the new loop handle."""
-    fused: list[ir.Value] = []
-    for producer in reversed(producers):
-        op = structured.FuseIntoContainingOp(producer, loop_op)
-        fused.append(op.fused_op)
-        loop_op = op.new_containing_op
-    return fused[::-1], loop_op
 
 
 def tile_to_blocks(h: DispatchHandles, knobs: SoftmaxGpuKnobs, rank: int
@@ -297,7 +282,7 @@ def tile_to_blocks(h: DispatchHandles, knobs: SoftmaxGpuKnobs, rank: int
     tiled = structured.TileUsingForallOp(h.root, tile_sizes=tiles,
                                          mapping=_mapping("block", names))
     iree_ops.populate_workgroup_count_region_using_num_threads_slice(tiled.forall_op)
-    fused, forall = fuse_producers(h.producers(), tiled.forall_op)
+    fused, forall = steps.fuse_producers(h.producers(), tiled.forall_op)
     return h.with_producers(fused, tiled.tiled_op), forall
 
 
@@ -307,7 +292,7 @@ def tile_rows_to_threads(h: DispatchHandles, rank: int) -> tuple[DispatchHandles
     forall."""
     tiled = structured.TileUsingForallOp(h.root, tile_sizes=[0] * (rank - 2) + [1, 0],
                                          mapping=_mapping("thread", ["y"]))
-    fused, forall = fuse_producers(h.producers(), tiled.forall_op)
+    fused, forall = steps.fuse_producers(h.producers(), tiled.forall_op)
     steps.cleanup(h.func)
     rows = h.with_producers([_unique(op) for op in fused], tiled.tiled_op)
     return rows, forall

@@ -3,6 +3,8 @@ inside a named sequence)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from iree.compiler import ir
 from iree.compiler.dialects import transform
 from iree.compiler.dialects.transform import loop, structured
@@ -26,3 +28,23 @@ def cleanup(func: ir.Value) -> None:
         loop.ApplyForLoopCanonicalizationPatternsOp()
         transform.ApplyCanonicalizationPatternsOp()
     transform.ApplyCommonSubexpressionEliminationOp(func)
+
+
+def match_exactly(target: ir.Value, op_name: str, count: int) -> list[ir.Value]:
+    """Every `op_name` under `target`, one handle each; fails unless there are exactly `count`."""
+    found = structured.MatchOp.match_op_names(target, [op_name]).result
+    split = transform.SplitHandleOp([transform.AnyOpType.get()] * count, found,
+                                    pass_through_empty_handle=False)
+    return list(split.results)
+
+
+def fuse_producers(producers: Sequence[ir.Value], loop_op: ir.Value
+                   ) -> tuple[list[ir.Value], ir.Value]:
+    """Fuse `producers` (given in program order) into `loop_op`, consumers first. Returns the
+    fused ops (in program order) and the new loop handle. Fails if one cannot be fused."""
+    fused: list[ir.Value] = []
+    for producer in reversed(producers):
+        op = structured.FuseIntoContainingOp(producer, loop_op)
+        fused.append(op.fused_op)
+        loop_op = op.new_containing_op
+    return fused[::-1], loop_op

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +27,17 @@ def require_device(target: str) -> str:
         pytest.skip(f"needs a {target} GPU: iree-run-module --list_devices shows no {driver} "
                     f"device on this machine (compile-only checks of {target} still run)")
     return device
+
+
+def assert_rejected_before_compiling(argv: list[str], knobs: list[str], needle: str,
+                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tdkit argv --knob k ...` exits 2 with one line containing `needle`, and nothing was
+    compiled into `tmp_path` (the argv's --artifacts)."""
+    from tdkit.tools.cli import main
+
+    for k in knobs:
+        argv = [*argv, "--knob", k]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not list(tmp_path.rglob("*.vmfb")), "nothing may compile"

@@ -20,7 +20,7 @@ from tdkit.tools.devicecode import device_code, memref_shapes
 from tdkit.tools.harness import HarnessConfig, build
 from tdkit.tools.toolchain import target_options
 
-from .conftest import GPU_TARGETS, device_of
+from .conftest import GPU_TARGETS, assert_rejected_before_compiling, device_of
 
 BACKEND = {"cuda:sm_80": "cuda", "cuda:sm_90": "cuda", "rocm:gfx942": "rocm"}
 MMA = {  # (target backend, dtype) -> the matrix instruction the PTX / ISA must contain
@@ -122,12 +122,7 @@ def test_invalid_knobs_fail_before_compiling(target: str, shape: str, knobs: lis
                                              tmp_path: Path) -> None:
     argv = ["run", "attention", "--shape", shape, "--dtype", "f16", "--target", target,
             "--artifacts", str(tmp_path)]
-    for k in knobs:
-        argv += ["--knob", k]
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
-    assert not list(tmp_path.rglob("*.vmfb")), "nothing may compile"
+    assert_rejected_before_compiling(argv, knobs, needle, tmp_path, capsys)
 
 
 def test_tune_compiles_flash_gpu_candidates(tmp_path: Path,

@@ -19,7 +19,7 @@ from tdkit.tools.harness import HarnessConfig, build
 from tdkit.tools.toolchain import target_options
 from tdkit.tools.tunedb import TuneDB
 
-from .conftest import GPU_TARGETS
+from .conftest import GPU_TARGETS, assert_rejected_before_compiling
 
 BACKEND = {"cuda:sm_80": "cuda", "cuda:sm_90": "cuda", "rocm:gfx942": "rocm"}
 CASES = [  # (shape, dtype): non-divisible rows and row length, rank 4, 16-bit types
@@ -99,12 +99,7 @@ def test_invalid_knobs_fail_before_compiling(target: str, knobs: list[str], need
                                              tmp_path: Path) -> None:
     argv = ["run", "softmax", "--shape", "32x1000", "--target", target, "--artifacts",
             str(tmp_path)]
-    for k in knobs:
-        argv += ["--knob", k]
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
-    assert not list(tmp_path.rglob("*.vmfb")), "nothing may compile"
+    assert_rejected_before_compiling(argv, knobs, needle, tmp_path, capsys)
 
 
 def test_tune_compiles_candidates_without_a_device(tmp_path: Path,
