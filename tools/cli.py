@@ -211,7 +211,7 @@ def _cpu_only_for_files(args: argparse.Namespace, what: str) -> None:
 def _run_file(args: argparse.Namespace) -> int:
     from tdkit.tools.modules import run_file
 
-    _cpu_only_for_files(args, "run")
+
     path = Path(args.problem)
     if not path.exists():
         raise BadInputError(f"no such file: {path}")
@@ -233,8 +233,9 @@ def _run_file(args: argparse.Namespace) -> int:
     human = [f"{path}  strategy={d['strategy']}  targeted dispatches: {d['targeted']}",
              "  dispatches: " + ", ".join(f"{x['name']} [{x['strategy']}]"
                                           for x in d["dispatches"]),
-             f"  vs IREE default build: max_abs_err={d['max_abs_err']:.3g} "
-             f"(tolerance {d['tolerance']:g})  {'OK' if d['ok'] else 'FAIL'}"]
+             (f"  compiled for {_target(args)}, {d['not_run']}" if d.get("not_run") else
+              f"  vs IREE default build: max_abs_err={d['max_abs_err']:.3g} "
+              f"(tolerance {d['tolerance']:g})  {'OK' if d['ok'] else 'FAIL'}")]
     if "onnxruntime_max_abs_err" in d:
         human.append(f"  vs onnxruntime: max_abs_err={d['onnxruntime_max_abs_err']:.3g}  "
                      f"{'OK' if d['onnxruntime_ok'] else 'FAIL'}")
@@ -363,7 +364,6 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    _cpu_only_for_files(args, "inspect")
     from tdkit.tools.listing import inspect_file, inspect_table
 
     strategies = [args.strategy] if args.strategy else None

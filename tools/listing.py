@@ -34,9 +34,10 @@ def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig
 
     text = path.read_text()
     read_signature(text, None)  # one clear error for malformed modules
+    target = cfg.compile.target_name
     fams = ([registry.get(s) for s in strategies] if strategies
-            else list(registry.families().values()))
-    entries = [e for f in fams for e in f.entries(None, f.parse_knobs())]
+            else [f for f in registry.families().values() if f.supports(target)])
+    entries = [e for f in fams for e in f.entries(None, f.parse_knobs(None, None, target))]
     library = registry.library_text(entries)
     opts = replace(cfg.compile, compile_to="executable-configurations")
 
@@ -61,7 +62,7 @@ def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig
         plan = plan_raising(text, root / "preprocessing", cfg)
         out.update(plan.as_dict())
         if plan.spec is not None:
-            library = registry.library_text(plan.entries(fams) + entries)
+            library = registry.library_text(plan.entries(fams, target) + entries)
             rows = configure(root / "raised", plan.spec)
             out["raised_dispatches"] = rows
     out["ok"] = all(r["by_tdkit"] for r in rows if r["targeted_by"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,16 @@ from tdkit.strategies import registry
 from tdkit.strategies.base import KnobError
 from tdkit.tools.applied import DispatchInfo, check_applied, dispatches
 from tdkit.tools.errors import BadInputError, NotAppliedError, ToolError
-from tdkit.tools.harness import Build, HarnessConfig, compile_default, compile_linked, time_builds
+from tdkit.tools.harness import (
+    Build,
+    HarnessConfig,
+    compile_default,
+    compile_linked,
+    device_for,
+    time_builds,
+)
 from tdkit.tools.raising import RaisePlan, plan_raising
-from tdkit.tools.toolchain import RunOptions, import_onnx, peak_rss_module, run_module
+from tdkit.tools.toolchain import import_onnx, peak_rss_module, run_module
 from tdkit.tools.verify import Verdict, compare
 
 _ELEMENT_TYPES: dict[str, np.dtype] = {
@@ -162,24 +169,31 @@ class ModuleRun:
     onnxruntime: list[Verdict] | None = None  # outputs vs onnxruntime (ONNX models only)
     raising: RaisePlan | None = None  # what was raised before dispatch formation
     peak_bytes: dict[str, int] = field(default_factory=dict)  # peak RSS of one call, per build
+    not_run: str = ""  # why nothing ran (a GPU target without its GPU here)
 
     @property
     def ok(self) -> bool:
+        """Applied and correct; or, compiled only (`not_run`), applied."""
         return self.main.applied and all(v.ok for v in [*self.verdicts,
                                                          *(self.onnxruntime or [])])
 
     def as_dict(self) -> dict[str, Any]:
-        worst = max(self.verdicts, key=lambda v: v.max_abs_err / max(v.tolerance, 1e-30))
+        worst = max(self.verdicts, key=lambda v: v.max_abs_err / max(v.tolerance, 1e-30),
+                    default=None)
         out: dict[str, Any] = {
             "ok": self.ok, "module": str(self.path), "strategy": self.main.strategy,
             "applied": self.main.applied, "targeted": len(self.targeted),
+            "verified": bool(self.verdicts),
             "dispatches": [d.as_dict() for d in self.main.dispatches],
-            "max_abs_err": worst.max_abs_err, "tolerance": worst.tolerance,
+            "max_abs_err": worst.max_abs_err if worst else None,
+            "tolerance": worst.tolerance if worst else None,
             "reason": next((v.reason for v in self.verdicts if not v.ok), ""),
             "outputs": [str(p) for p in self.outputs], "artifacts": str(self.main.artifact.dir),
             "notes": self.main.notes + self.default.notes,
             "default_dispatches": [d.as_dict() for d in self.default.dispatches],
         }
+        if self.not_run:
+            out["not_run"] = self.not_run
         if self.raising is not None:
             out.update(self.raising.as_dict())
         if self.peak_bytes:
@@ -210,16 +224,17 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
     sig = read_signature(text, function)
     arrays = load_inputs(sig, inputs, cfg.seed)
     explicit = bool(strategies)
-    fams = [registry.get(s) for s in strategies] if strategies else list(
-        registry.families().values())
+    target = cfg.compile.target_name
+    fams = [registry.get(s) for s in strategies] if strategies else [
+        f for f in registry.families().values() if f.supports(target)]
     try:
-        entries = [e for f in fams for e in f.entries(None, f.parse_knobs())]
+        entries = [e for f in fams for e in f.entries(None, f.parse_knobs(None, None, target))]
     except KnobError as err:
         raise BadInputError(f"invalid knob: {err}") from None
     root = cfg.root() / path.stem / time.strftime("%Y%m%d-%H%M%S")
     plan = plan_raising(text, root / "preprocessing", cfg) if raise_attention else None
     if plan is not None:  # entries fitted to each raised chain first (first match wins)
-        entries = plan.entries(fams) + entries
+        entries = plan.entries(fams, target) + entries
     library = registry.library_text(entries)
     art, notes = compile_linked(text, root / "tdkit", cfg, strategy=library,
                                 preprocessing=plan.spec if plan else None)
@@ -241,7 +256,11 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
     if not targeted:
         main.notes.append("no dispatch in this module is one tdkit has a strategy for")
     specs = list(sig.outputs)
-    run_opts = RunOptions(function=sig.function)
+    device, not_run = device_for(cfg)
+    if not_run:  # a GPU target without its GPU here: compiled and checked only
+        return ModuleRun(path, main, default, targeted=targeted, inputs=arrays, raising=plan,
+                         not_run=not_run)
+    run_opts = replace(device, function=sig.function)
     got = run_module(art.vmfb, arrays, specs, root / "tdkit" / "run", run_opts)
     want = run_module(dart.vmfb, arrays, specs, root / "default" / "run", run_opts)
     result = ModuleRun(path, main, default, targeted=targeted, inputs=arrays, values=got,
@@ -284,6 +303,8 @@ def run_onnx(path: Path, *, strategies: list[str] | None, inputs: list[str],
     result = run_file(mlir, strategies=strategies, inputs=inputs, function=None,
                       output_dir=output_dir, cfg=cfg, timing=timing,
                       raise_attention=raise_attention, memory=memory)
+    if result.not_run:
+        return result
     try:
         import onnxruntime
     except ImportError:

@@ -51,15 +51,17 @@ class RaisePlan:
     # per raised chain: the Attention problem it computes and its codegen mask kind
     problems: list[tuple[Any, str]] = field(default_factory=list)
 
-    def entries(self, families: list[Any]) -> list[Any]:
+    def entries(self, families: list[Any], target: str = "cpu") -> list[Any]:
         """Library entries with knobs fitted to each raised chain (head dims past the
-        problem-free entries' 64, a key-padding mask), for the families that can lower it."""
+        problem-free entries' 64, a key-padding mask), for the families that can lower it
+        on `target`."""
         out = []
         for i, (problem, mask) in enumerate(self.problems):
             for family in families:
-                if family.masked_entries is None or problem.kind not in family.kinds:
+                if family.masked_entries is None or problem.kind not in family.kinds or \
+                        not family.supports(target):
                     continue
-                knobs = family.parse_knobs({}, problem)
+                knobs = family.parse_knobs({}, problem, target)
                 try:
                     family.check(problem, knobs)
                 except KnobError:
