@@ -202,10 +202,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _emit(d, args, _run_table(d))
 
 
-def _cpu_only_for_files(args: argparse.Namespace, what: str) -> None:
-    if _target(args) != "cpu":
-        raise BadInputError(f"'tdkit {what} FILE' compiles for --target cpu only so far; GPU "
-                            "targets take built-in problems (softmax, attention)")
 
 
 def _run_file(args: argparse.Namespace) -> int:
@@ -294,8 +290,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tdkit.tools.tune import TuneConfig, parse_space, summary_table, tune, tune_file
 
     is_file = Path(args.problem).suffix in (".mlir", ".onnx")
-    if is_file:
-        _cpu_only_for_files(args, "tune")
     problem = None if is_file else _problem(args)
     if args.knob:
         raise BadInputError("tune searches the knobs: give ranges with --space KNOB=V1,V2")

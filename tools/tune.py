@@ -177,10 +177,14 @@ def problem_from_record(record: dict[str, Any]) -> tuple[Any, str]:
     return kinds[record["kind"]](**values), record["form"]
 
 
-def problem_key(problem: Any, form: str, cfg: HarnessConfig) -> str:
-    where = f"target={cfg.compile.target_name}" if cfg.compile.is_gpu else \
+def _where(cfg: HarnessConfig) -> str:
+    """The device part of a sweep key: `cpu=host`, or `target=cuda:sm_80`."""
+    return f"target={cfg.compile.target_name}" if cfg.compile.is_gpu else \
         f"cpu={cfg.compile.cpu}"
-    return f"{problem.label} form={form} {where}"
+
+
+def problem_key(problem: Any, form: str, cfg: HarnessConfig) -> str:
+    return f"{problem.label} form={form} {_where(cfg)}"
 
 
 # --------------------------------------------------------------------------- space
@@ -285,7 +289,7 @@ def file_target(path: Path, cfg: HarnessConfig, inputs: list[str] | None = None,
         expected = _onnxruntime_outputs(model, arrays)
         reference = "onnxruntime" if expected is not None else reference
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    key = f"file {model.name} sha={digest} fn={sig.function} cpu={cfg.compile.cpu}"
+    key = f"file {model.name} sha={digest} fn={sig.function} {_where(cfg)}"
     record = {"kind": "file", "path": str(model.resolve()), "function": sig.function,
               "sha": digest}
     target = TuneTarget(key, record, None, text, arrays, sig.outputs,

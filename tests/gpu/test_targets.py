@@ -115,9 +115,22 @@ def test_run_file_for_a_gpu_target(tmp_path: Path, capsys: pytest.CaptureFixture
         assert not out["verified"] and "no hip device" in out["not_run"]
 
 
-def test_tune_file_is_cpu_only_for_now(tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    f = tmp_path / "m.mlir"
-    f.write_text("func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {\n"
-                 "  return %a : tensor<4xf32>\n}\n")
-    _one_line_error(capsys, ["tune", str(f), "--target", "rocm:gfx942"], "--target cpu only")
+def test_tune_file_for_a_gpu_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tune FILE --target` sweeps the target's families that own a dispatch of the file; the
+    sweep key names the target; here the candidates are compiled only."""
+    from tdkit.matchers.dtypes import DType
+    from tdkit.matchers.problems import Softmax
+    from tdkit.tools.harness import payload_text
+
+    if device_of("cuda:sm_80") is not None:
+        pytest.skip("this machine has a CUDA device: the sweep times candidates there")
+    f = tmp_path / "softmax.mlir"
+    f.write_text(payload_text(Softmax((64, 1024), -1, DType.F32), "softmax"))
+    rc = main(["tune", str(f), "--target", "cuda:sm_80", "--budget", "2", "--search", "random",
+               "--db", str(tmp_path / "t.db"), "--artifacts", str(tmp_path / "a"), "--json",
+               "--no-progress"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["ok"], out
+    (sweep,) = out["sweeps"]
+    assert sweep["strategy"] == "softmax_gpu" and "target=cuda:sm_80" in sweep["problem"]
+    assert sweep["compiled"] == 2
