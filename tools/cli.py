@@ -492,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--junit", type=Path, help="write JUnit XML here")
     p.add_argument("--compiler", default=os.environ.get(COMPILER_ENV), help="iree-compile to use")
     p.add_argument("--artifacts", type=Path, help="directory for compile artifacts")
+    _add_target_arg(p)
     p.add_argument("--seed", type=int, default=0, help="input seed")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(fn=cmd_smoke)

@@ -134,3 +134,18 @@ def test_tune_file_for_a_gpu_target(tmp_path: Path, capsys: pytest.CaptureFixtur
     (sweep,) = out["sweeps"]
     assert sweep["strategy"] == "softmax_gpu" and "target=cuda:sm_80" in sweep["problem"]
     assert sweep["compiled"] == 2
+
+
+def test_smoke_gpu_matrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tdkit smoke --target` runs the GPU matrix: every case compiles with its strategy
+    applied; without the GPU each says it was compiled only."""
+    rc = main(["smoke", "--target", "rocm:gfx942", "--json", "--artifacts", str(tmp_path),
+               "--junit", str(tmp_path / "j.xml")])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["ok"], out
+    strategies = {c["strategy"] for c in out["cases"]}
+    assert {"softmax_gpu", "flash_gpu", "default"} <= strategies
+    assert all(c["applied"] and c["target"] == "rocm:gfx942" for c in out["cases"])
+    if device_of("rocm:gfx942") is None:
+        assert all(not c["verified"] and c["not_run"] for c in out["cases"])
+    assert (tmp_path / "j.xml").read_text().count("<testcase") == len(out["cases"])
