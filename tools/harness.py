@@ -130,7 +130,7 @@ class RunResult:
             out["min_ms"] = m.timing.min_ms
         if self.default:
             d = self.default
-            out["default_ok"] = bool(d.verdict and d.verdict.ok)
+            out["default_ok"] = None if d.verdict is None else d.verdict.ok  # None: not run
             out["default_max_abs_err"] = d.verdict.max_abs_err if d.verdict else None
             out["default_notes"] = d.notes
             if d.timing:

@@ -65,6 +65,17 @@ def test_run_default_on_gpu_target(target: str, capsys: pytest.CaptureFixture[st
         assert out["verified"] and out["max_abs_err"] <= out["tolerance"]
 
 
+def test_compare_default_without_a_device(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", "softmax", "--shape", "16x256", "--target", "cuda:sm_80",
+               "--compare-default", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["strategy"] == "softmax_gpu" and out["applied"], out
+    if device_of("cuda:sm_80") is None:
+        assert out["default_ok"] is None and out["speedup"] is None  # nothing ran
+    else:
+        assert out["default_ok"] is not None and out["speedup"] > 0
+
+
 def test_bench_needs_a_device(capsys: pytest.CaptureFixture[str]) -> None:
     if device_of("cuda:sm_80") is not None:
         pytest.skip("this machine has a CUDA device: bench runs there (tests/gpu/test_on_device)")
