@@ -370,18 +370,12 @@ def vectorize(func: ir.Value, t: Tiling,
         transform.ApplyCanonicalizationPatternsOp()
     leftover = structured.MatchOp(_any(), vectorized,
                                   interface=structured.MatchInterfaceEnum.LinalgOp).result
-    count = transform.NumAssociationsOp(_param_i64(), leftover).result
-    limit = transform.ParamConstantOp(_param_i64(), ir.IntegerAttr.get(
-        ir.IntegerType.get_signless(64), scalar_ok)).result
-    transform.MatchParamCmpIOp(count, limit, transform.MatchCmpIPredicate.le)
+    steps.expect_count(leftover, scalar_ok, transform.MatchCmpIPredicate.le)
     return vectorized
 
 
 def _vectorize_op(op: ir.Value, sizes: Sequence[int]) -> None:
-    # A producer fused into two consumers is cloned twice, then CSE'd into one op that the
-    # handle lists twice; vectorize wants each op once.
-    unique = transform.MergeHandlesOp([op], deduplicate=True).result
-    structured.VectorizeOp(unique, vector_sizes=list(sizes))
+    structured.VectorizeOp(steps.unique(op), vector_sizes=list(sizes))
 
 
 def _maybe(target: ir.Value, step) -> None:
@@ -399,9 +393,6 @@ def hoist_accumulators(func: ir.Value) -> ir.Value:
     return transform.ApplyRegisteredPassOp(
         _any(), func, "iree-codegen-optimize-tensor-insert-extract-slices").result
 
-
-def _param_i64() -> ir.Type:
-    return transform.ParamType.get(ir.IntegerType.get_signless(64))
 
 
 def bufferize(func: ir.Value) -> ir.Value:

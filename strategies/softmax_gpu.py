@@ -212,35 +212,14 @@ def _any() -> ir.Type:
     return transform.AnyOpType.get()
 
 
-def _param_i64() -> ir.Type:
-    return transform.ParamType.get(ir.IntegerType.get_signless(64))
-
-
 def _mapping(kind: str, names: Sequence[str]) -> ir.ArrayAttr:
     return ir.ArrayAttr.get([ir.Attribute.parse(f"#gpu.{kind}<{n}>") for n in names])
-
-
-def _unique(handle: ir.Value) -> ir.Value:
-    # A producer fused into two consumers is cloned twice and CSE'd into one op that the
-    # handle then lists twice; split and vectorize want each op once.
-    return transform.MergeHandlesOp([handle], deduplicate=True).result
 
 
 def _apply_patterns(func: ir.Value, *builders) -> None:
     with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
         for build in builders:
             build()
-
-
-
-
-def expect_count(target: ir.Value, op_name: str, count: int) -> None:
-    """Fail unless `target` holds exactly `count` ops named `op_name`."""
-    found = structured.MatchOp.match_op_names(target, [op_name]).result
-    n = transform.NumAssociationsOp(_param_i64(), found).result
-    ref = transform.ParamConstantOp(_param_i64(), ir.IntegerAttr.get(
-        ir.IntegerType.get_signless(64), count)).result
-    transform.MatchParamCmpIOp(n, ref, transform.MatchCmpIPredicate.eq)
 
 
 @dataclass(frozen=True)
@@ -269,8 +248,6 @@ def match_dispatch(variant: ir.Value) -> DispatchHandles:
     return DispatchHandles(func, fills, generics[:2], generics[2])
 
 
-
-
 def tile_to_blocks(h: DispatchHandles, knobs: SoftmaxGpuKnobs, rank: int
                    ) -> tuple[DispatchHandles, ir.Value]:
     """Tile the root `rows_per_block` rows at a time into a block-mapped forall (rows on
@@ -294,7 +271,7 @@ def tile_rows_to_threads(h: DispatchHandles, rank: int) -> tuple[DispatchHandles
                                          mapping=_mapping("thread", ["y"]))
     fused, forall = steps.fuse_producers(h.producers(), tiled.forall_op)
     steps.cleanup(h.func)
-    rows = h.with_producers([_unique(op) for op in fused], tiled.tiled_op)
+    rows = h.with_producers([steps.unique(op) for op in fused], tiled.tiled_op)
     return rows, forall
 
 
@@ -365,7 +342,7 @@ def vectorize(func: ir.Value, rank: int, chunk: int) -> ir.Value:
     partial accumulators through loop iter_args, and fold slices into transfers. Fails if a
     linalg op is left. Returns the func."""
     sizes = [1] * (rank - 1) + [chunk]
-    ops = _unique(structured.MatchOp.match_op_names(func, ["linalg.generic",
+    ops = steps.unique(structured.MatchOp.match_op_names(func, ["linalg.generic",
                                                            "linalg.reduce"]).result)
     structured.VectorizeOp(ops, vector_sizes=sizes)
     pads = structured.MatchOp.match_op_names(func, ["tensor.pad"]).result
@@ -382,10 +359,7 @@ def vectorize(func: ir.Value, rank: int, chunk: int) -> ir.Value:
     steps.cleanup(func)
     left = structured.MatchOp(_any(), func,
                               interface=structured.MatchInterfaceEnum.LinalgOp).result
-    n = transform.NumAssociationsOp(_param_i64(), left).result
-    ref = transform.ParamConstantOp(_param_i64(), ir.IntegerAttr.get(
-        ir.IntegerType.get_signless(64), 0)).result
-    transform.MatchParamCmpIOp(n, ref, transform.MatchCmpIPredicate.eq)
+    steps.expect_count(left, 0)
     return func
 
 
@@ -441,7 +415,8 @@ def expect_distributed(func: ir.Value, knobs: SoftmaxGpuKnobs, target: GpuTarget
     shared-memory buffer all rows of a block would share. With one subgroup per row nothing
     may allocate shared memory at all."""
     if knobs.threads_per_row == target.subgroup_size:
-        expect_count(func, "memref.alloc", 0)
+        allocs = structured.MatchOp.match_op_names(func, ["memref.alloc"]).result
+        steps.expect_count(allocs, 0)
 
 
 def set_fastmath(func: ir.Value) -> None:

@@ -48,3 +48,21 @@ def fuse_producers(producers: Sequence[ir.Value], loop_op: ir.Value
         fused.append(op.fused_op)
         loop_op = op.new_containing_op
     return fused[::-1], loop_op
+
+
+def unique(handle: ir.Value) -> ir.Value:
+    """`handle` with each op once: a producer fused into two consumers is cloned twice and
+    CSE'd into one op that the handle then lists twice (vectorize and split want each once)."""
+    return transform.MergeHandlesOp([handle], deduplicate=True).result
+
+
+def expect_count(handle: ir.Value, count: int,
+                 predicate: transform.MatchCmpIPredicate = transform.MatchCmpIPredicate.eq
+                 ) -> None:
+    """Fail the sequence unless the number of ops `handle` holds compares `predicate` (eq by
+    default; e.g. le) with `count`."""
+    i64 = transform.ParamType.get(ir.IntegerType.get_signless(64))
+    n = transform.NumAssociationsOp(i64, handle).result
+    ref = transform.ParamConstantOp(i64, ir.IntegerAttr.get(ir.IntegerType.get_signless(64),
+                                                            count)).result
+    transform.MatchParamCmpIOp(n, ref, predicate)

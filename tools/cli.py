@@ -202,11 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _emit(d, args, _run_table(d))
 
 
-
-
 def _run_file(args: argparse.Namespace) -> int:
     from tdkit.tools.modules import run_file
-
 
     path = Path(args.problem)
     if not path.exists():

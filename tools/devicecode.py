@@ -135,4 +135,3 @@ def memref_shapes(ir_text: str) -> list[tuple[int, ...]]:
     for m in re.finditer(r"\b(?:memref|vector|tensor)<((?:\d+x)+)[a-z]", ir_text):
         shapes.append(tuple(int(d) for d in m.group(1).rstrip("x").split("x")))
     return shapes
-

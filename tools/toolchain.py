@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -477,16 +478,23 @@ def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
 
 def available_devices(driver: str, *, timeout_s: float = 60.0) -> list[str]:
     """The devices `iree-run-module --list_devices` enumerates for HAL `driver` ("cuda", "hip",
-    "local-task"): e.g. ["cuda://GPU-..."], or [] when the driver or its library is missing."""
-    argv = [find_tool("iree-run-module"), "--list_devices"]
+    "local-task"): e.g. ["cuda://GPU-..."], or [] when the driver or its library is missing.
+    Listed once per runtime tool and process (a smoke matrix or a sweep asks per case)."""
+    prefix = f"{driver}://"
+    listing = _device_listing(find_tool("iree-run-module"), timeout_s)
+    return [ln for ln in listing if ln.startswith(prefix)]
+
+
+@functools.cache
+def _device_listing(tool: str, timeout_s: float) -> tuple[str, ...]:
+    argv = [tool, "--list_devices"]
     try:
         proc = run_process(argv, timeout_s=timeout_s, what="iree-run-module --list_devices")
     except ToolError as err:
         if err.missing:
             raise
-        return []
-    prefix = f"{driver}://"
-    return [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith(prefix)]
+        return ()
+    return tuple(ln.strip() for ln in proc.stdout.splitlines() if ln.strip())
 
 
 def tool_versions(compiler: str | None = None) -> str:

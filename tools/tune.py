@@ -347,7 +347,7 @@ class Sweep:
         if not self.family.supports(target_name):
             raise BadInputError(f"strategy {strategy} generates {self.family.device} code, not "
                                 f"code for --target {target_name}")
-        self.space = sweep_space(self.family, problem, tcfg.space, cfg.compile.target_name)
+        self.space = sweep_space(self.family, problem, tcfg.space, target_name)
         self.defaults = self.family.parse_knobs({}, problem, target_name)
         self.run_opts, self.not_run = device_for(cfg)
         self.key = target.key
