@@ -10,6 +10,7 @@ import pytest
 
 from tdkit.tools.errors import EXIT_BAD_INPUT, ToolError
 from tdkit.tools.toolchain import (
+    NO_THREADING,
     CompileOptions,
     compile_argv,
     compile_module,
@@ -28,9 +29,22 @@ def test_compile_argv_is_pure_and_complete() -> None:
         "--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu=znver4",
         "--iree-llvmcpu-link-embedded=false",
         "--iree-codegen-transform-dialect-library=lib.mlir@__kernel_config",
+        "--mlir-disable-threading",
         "--iree-hal-dump-executable-configurations-to=cfg", "--x=1", "-o", "out.vmfb"]
     assert argv == compile_argv("iree-compile", Path("in.mlir"), Path("out.vmfb"), opts,
                                 library=Path("lib.mlir"), dump_configurations=Path("cfg"))
+
+
+def test_compiles_with_a_transform_library_run_single_threaded() -> None:
+    """IREE 3.13 sometimes deadlocks loading a transform library for two executables at
+    once; every compile with a library or preprocessing spec turns threading off, once."""
+    plain = compile_argv("c", Path("a"), Path("b"), CompileOptions())
+    assert NO_THREADING not in plain
+    spec = compile_argv("c", Path("a"), Path("b"), CompileOptions(), preprocessing=Path("r"))
+    assert spec.count(NO_THREADING) == 1
+    opts = CompileOptions(extra_flags=(NO_THREADING,))
+    lib = compile_argv("c", Path("a"), Path("b"), opts, library=Path("l"))
+    assert lib.count(NO_THREADING) == 1
 
 
 def test_compile_argv_gpu_targets() -> None:

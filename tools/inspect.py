@@ -10,7 +10,7 @@ from tdkit.strategies import registry
 from tdkit.tools.applied import check_applied
 from tdkit.tools.errors import NotAppliedError
 from tdkit.tools.harness import HarnessConfig, library_for, payload_text, resolve_form
-from tdkit.tools.toolchain import compile_module
+from tdkit.tools.toolchain import NO_THREADING, compile_module
 
 PASS = "iree-codegen-lower-executable-using-transform-dialect"
 # IREE's own CPU pipelines (entries that only configure a dispatch, e.g. the attention `config`
@@ -33,7 +33,7 @@ def strategy_ir(problem: Any, strategy: str, knobs: dict[str, str] | None, *, fo
     opts = replace(cfg.compile, extra_flags=(*cfg.compile.extra_flags,
                                              f"--mlir-print-ir-after={PASS}",
                                              f"--mlir-print-ir-after={pipeline}",
-                                             "--mlir-disable-threading"))
+                                             NO_THREADING))
     art = compile_module(payload, cfg.root() / "apply", opts, strategy=library,
                          compiler=cfg.compiler)
     family = registry.get(strategy)
