@@ -128,13 +128,28 @@ def _expect_shape(op: ir.Value, operand: int, shape: tuple[int, ...]) -> None:
         pre.MatchDimBoundsOp(value, i, lower_bound=size, upper_bound=size)
 
 
+def _expect_dim_at_most(op: ir.Value, operand: int, dim: int, bound: int,
+                        multiple: int = 1) -> None:
+    """Dim `dim` of operand `operand` of `op` has a constant upper bound of at most `bound`
+    (a dynamic size without one does not match) and is a multiple of `multiple`."""
+    from iree.compiler.dialects import preprocessing_transform as pre
+
+    value = transform.GetOperandOp(transform.AnyValueType.get(), op, [operand]).result
+    pre.MatchDimBoundsOp(value, dim, upper_bound=bound)
+    if multiple > 1:
+        pre.MatchDimIsMultipleOfOp(value, dim, multiple)
+
+
 def build_codegen_matcher(name: str, *, rank: int, dim: int, form: str = FUSED,
-                          shape: tuple[int, ...] | None = None) -> transform.NamedSequenceOp:
+                          shape: tuple[int, ...] | None = None,
+                          max_row: int | None = None,
+                          row_multiple: int = 1) -> transform.NamedSequenceOp:
     """Emit `transform.named_sequence @name(%op: !transform.any_op {transform.readonly})
     -> !transform.any_op` matching the store of the result of a softmax dispatch of `rank`
     over `dim` in `form` (FUSED: one dispatch with two reductions; SPLIT: one of the two
     dispatches of unraised generics); with `shape`, only a dispatch whose input has exactly
-    that shape. Yields the matched store op. Must be built at an
+    that shape; with `max_row`, only one whose softmax dim is static, at most `max_row` long
+    and a multiple of `row_multiple`. Yields the matched store op. Must be built at an
     insertion point inside a module with `transform.with_named_sequence`."""
     if not 1 <= rank <= 4:
         raise ValueError(f"softmax matcher supports rank 1 to 4, got rank {rank}")
@@ -168,5 +183,7 @@ def build_codegen_matcher(name: str, *, rank: int, dim: int, form: str = FUSED,
         _expect_loaded(root, 0)
         if shape is not None:
             _expect_shape(root, 0, shape)
+        if max_row is not None:
+            _expect_dim_at_most(root, 0, dim, max_row, row_multiple)
         transform.YieldOp([store])
     return seq

@@ -37,6 +37,14 @@ FUSED = "fused"
 SPLIT = "split"
 FORMS = (FUSED, SPLIT)
 _REDUCTIONS = {FUSED: 2, SPLIT: 1}
+# Longest row `whole_row_limit` may ask to vectorize whole: at 4096 f32 (256 registers' worth)
+# the whole-row kernel ran 0.73x the tiled one on 4096x4096, and compile time grows with it.
+MAX_WHOLE_ROW = 4096
+# Rows vectorized whole must be a multiple of this many elements (one AVX-512 register of
+# f32): LLVM splits a row of 1000 or 129 into registers plus a ragged tail, and those ran
+# 0.92-0.95x the tiled kernel (333x1000, 2x3x17x129), while multiples of 16 ran 1.05-1.67x
+# (512x1024 1.27-1.53x, 512x2048 1.17x, 128x4096 1.67x, 4096x128 1.05x; side by side).
+WHOLE_ROW_MULTIPLE = 16
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,11 @@ class SoftmaxCpuKnobs:
         is not the innermost one.
       rank1_chunk: elements each workgroup normalizes for a rank-1 softmax (every workgroup
         recomputes the two reductions over the whole vector).
+      whole_row_limit: rows (softmax over the innermost dim, rank >= 2) of at most this many
+        elements, and a multiple of 16, are vectorized as one vector each, untiled: the exp
+        that the sum and the normalization both compute is then one value, computed once
+        per element instead of twice (the row spills to the stack, which stays in L1);
+        `reduction_tile` and `vector_width` apply to the other rows only. 0 tiles every row.
     """
 
     rows_per_workgroup: int = 2
@@ -70,6 +83,7 @@ class SoftmaxCpuKnobs:
     column_width: int = 32
     outer_reduction_tile: int = 8
     rank1_chunk: int = 4096
+    whole_row_limit: int = 2048
 
     def check(self, shape: tuple[int, ...] | None = None, dim: int | None = None) -> None:
         """Raise KnobError with one sentence for values that cannot give a correct, vectorized
@@ -94,6 +108,10 @@ class SoftmaxCpuKnobs:
         require(self.columns_per_workgroup % self.column_width == 0,
                 f"columns_per_workgroup ({self.columns_per_workgroup}) must be a multiple of "
                 f"column_width ({self.column_width})")
+        require(isinstance(self.whole_row_limit, int) and not isinstance(self.whole_row_limit, bool)
+                and 0 <= self.whole_row_limit <= MAX_WHOLE_ROW,
+                f"whole_row_limit must be an integer from 0 to {MAX_WHOLE_ROW}, got "
+                f"{self.whole_row_limit!r}")
         require(self.outer_reduction_tile <= 16,
                 f"outer_reduction_tile must be at most 16, got {self.outer_reduction_tile}")
         if shape is None:
@@ -121,9 +139,19 @@ def space(shape: tuple[int, ...], dim: int) -> dict[str, tuple[int, ...]]:
     if rank == 1:
         return {"rank1_chunk": (1024, 2048, 4096, 8192, 16384), **row}
     if dim == rank - 1:
-        return {"rows_per_workgroup": (1, 2, 4, 8, 16, 32), **row}
+        whole = {"whole_row_limit": (0, MAX_WHOLE_ROW)} \
+            if shape[-1] <= MAX_WHOLE_ROW and shape[-1] % WHOLE_ROW_MULTIPLE == 0 else {}
+        return {"rows_per_workgroup": (1, 2, 4, 8, 16, 32), **row, **whole}
     return {"columns_per_workgroup": (32, 64, 128, 256), "column_width": (8, 16, 32, 64),
             "outer_reduction_tile": (1, 2, 4, 8, 16)}
+
+
+def whole_row(knobs: SoftmaxCpuKnobs, shape: tuple[int, ...], dim: int) -> bool:
+    """Whether the strategy vectorizes each row of a softmax of `shape` over `dim` whole (see
+    `SoftmaxCpuKnobs.whole_row_limit`)."""
+    rank = len(shape)
+    return (rank >= 2 and dim % rank == rank - 1 and shape[-1] <= knobs.whole_row_limit
+            and shape[-1] % WHOLE_ROW_MULTIPLE == 0)
 
 
 def _is_pow2(n: int) -> bool:
@@ -451,18 +479,31 @@ def _set_fastmath(func: ir.Value, op_name: str, flags: str) -> None:
 
 
 def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
-                       form: str = FUSED) -> transform.NamedSequenceOp:
+                       form: str = FUSED, whole: bool = False) -> transform.NamedSequenceOp:
     """Emit `transform.named_sequence @name(%variant: !transform.any_op {transform.readonly})`
     lowering one softmax dispatch of rank `rank` over `dim` (in `form`, see FORMS) at the
-    current insertion point (inside a module with `transform.with_named_sequence`)."""
+    current insertion point (inside a module with `transform.with_named_sequence`). With
+    `whole` (FUSED form, innermost dim, rank >= 2), each row is vectorized untiled (see
+    `SoftmaxCpuKnobs.whole_row_limit`); the row length must be static."""
     knobs.check()
     t = tiling(knobs, rank, dim, form)
+    if whole and not (form == FUSED and t.inner_reduction and rank >= 2):
+        raise KnobError("whole-row vectorization needs the fused form of a softmax over the "
+                        f"innermost dim of rank >= 2 (got rank {rank}, dim {dim}, {form})")
     seq = transform.NamedSequenceOp(name, [_any()], [],
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
         h = match_dispatch(seq.bodyTarget, _REDUCTIONS[form])
         h, _forall = tile_to_workgroups(h, t)
         h, _row_loops = tile_rows(h, t)
+        if whole:
+            # One row per loop iteration, static: the sum and the normalization vectorize to
+            # the same `math.exp` of the same row vector, which CSE then computes once.
+            steps.cleanup(h.func)
+            func = vectorize(h.func, t)
+            _finish(func)
+            transform.YieldOp()
+            return seq
         reds = tile_reductions(h, t, partial=form == FUSED)
         root, norm_loop = tile_normalize(h, t)
         masked: list[tuple[ir.Value, Sequence[int]]] = []
@@ -484,20 +525,25 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
         steps.cleanup(h.func)
         func = vectorize(h.func, t, masked, optional, scalar_ok=0 if form == FUSED else 2,
                          children=t.inner_reduction)
-        func = hoist_accumulators(func)
-        func = bufferize(func)
-        lower_vectors(func)
-        iree_ops.annotate_translation_info(func, iree_ops.translation_info_no_pipeline())
+        _finish(hoist_accumulators(func))
         transform.YieldOp()
     return seq
 
 
+def _finish(func: ir.Value) -> None:
+    """Bufferize the vectorized func, lower its vectors, and mark it `no_pipeline`."""
+    func = bufferize(func)
+    lower_vectors(func)
+    iree_ops.annotate_translation_info(func, iree_ops.translation_info_no_pipeline())
+
+
 # --- Library entries ---------------------------------------------------------------------------
 
-def spec_name(*, rank: int, dim: int, form: str = FUSED) -> str:
+def spec_name(*, rank: int, dim: int, form: str = FUSED, whole: bool = False) -> str:
     """`tdkit_softmax_cpu_r<rank>_d<dim>` for the dispatch's rank and dim (`_split` suffix for
-    the SPLIT form)."""
-    return f"tdkit_softmax_cpu_r{rank}_d{dim}" + ("" if form == FUSED else f"_{form}")
+    the SPLIT form, `_row` for whole-row vectorization)."""
+    return (f"tdkit_softmax_cpu_r{rank}_d{dim}" + ("" if form == FUSED else f"_{form}")
+            + ("_row" if whole else ""))
 
 
 def dispatch_shape(shape: tuple[int, ...], dim: int, form: str = FUSED) -> tuple[int, ...]:
@@ -512,21 +558,27 @@ def dispatch_shape(shape: tuple[int, ...], dim: int, form: str = FUSED) -> tuple
 
 
 def library_entry(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
-                  form: str = FUSED, shape: tuple[int, ...] | None = None) -> LibraryEntry:
+                  form: str = FUSED, shape: tuple[int, ...] | None = None,
+                  whole: bool = False) -> LibraryEntry:
     """The spec and matcher for the `form` dispatch(es) of a softmax of `rank` over `dim`
     (the frontend's rank and dim; a SPLIT-form entry targets the collapsed dispatch shape
-    IREE makes, see `split_form_shape`)."""
+    IREE makes, see `split_form_shape`). `whole`: the whole-row variant, whose matcher also
+    requires rows of at most `knobs.whole_row_limit` elements."""
     from tdkit.matchers.softmax import build_codegen_matcher
 
     knobs.check()
     tiling(knobs, rank, dim, form)
     r, d = (rank, dim) if form == FUSED else split_form_shape(rank, dim)
     exact = None if shape is None else dispatch_shape(shape, dim, form)
+    max_row = knobs.whole_row_limit if whole else None
     return LibraryEntry(
         strategy="softmax_cpu",
-        spec_name=spec_name(rank=r, dim=d, form=form),
-        build_matcher=lambda n: build_codegen_matcher(n, rank=r, dim=d, form=form, shape=exact),
-        build_spec=lambda n: build_codegen_spec(n, knobs, rank=r, dim=d, form=form),
+        spec_name=spec_name(rank=r, dim=d, form=form, whole=whole),
+        build_matcher=lambda n: build_codegen_matcher(n, rank=r, dim=d, form=form, shape=exact,
+                                                      max_row=max_row,
+                                                      row_multiple=WHOLE_ROW_MULTIPLE),
+        build_spec=lambda n: build_codegen_spec(n, knobs, rank=r, dim=d, form=form,
+                                                whole=whole),
         config=knobs,
     )
 
@@ -535,5 +587,17 @@ def library_entries(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
                     shape: tuple[int, ...] | None = None) -> list[LibraryEntry]:
     """Entries for both dispatch forms of a softmax of `rank` over `dim`: FUSED (from
     `linalg.softmax` or raised generics) and SPLIT (unraised frontend generics); with
-    `shape`, matching only a softmax of exactly that shape (exported tuned strategies)."""
-    return [library_entry(knobs, rank=rank, dim=dim, form=f, shape=shape) for f in FORMS]
+    `shape`, matching only a softmax of exactly that shape (exported tuned strategies).
+
+    For a FUSED dispatch over the innermost dim (rank >= 2) with `whole_row_limit` set, the
+    whole-row entry comes first: `foreach_match` applies the first matcher that succeeds, so
+    rows up to the limit take it and longer (or dynamic) rows the tiled entry."""
+    d = dim % rank
+    whole_ok = (knobs.whole_row_limit > 0 and rank >= 2 and d == rank - 1
+                and (shape is None or whole_row(knobs, shape, d)))
+    entries = [library_entry(knobs, rank=rank, dim=d, whole=True, shape=shape)] \
+        if whole_ok else []
+    if shape is None or not whole_ok:
+        entries.append(library_entry(knobs, rank=rank, dim=d, shape=shape))
+    entries.append(library_entry(knobs, rank=rank, dim=d, form=SPLIT, shape=shape))
+    return entries

@@ -53,3 +53,21 @@ def test_f16_without_native_f16_max_relinks_with_system_linker() -> None:
     assert res.ok, res.as_dict()["reason"]
     for b in (res.main, res.default):
         assert any("link-embedded=false" in n for n in b.notes), b.notes
+
+
+@pytest.mark.parametrize(("limit", "exps"), [(2048, 1), (0, 2)])
+def test_whole_row_computes_each_exp_once(tmp_path, limit: int, exps: int) -> None:
+    """Rows vectorized whole: the sum and the normalization share one `math.exp` of the row
+    vector; tiled rows compute exp(x - max) in both loops. Both verify."""
+    from tdkit.tools.inspect import strategy_ir
+
+    problem = Softmax((64, 256), -1, F32)
+    knobs = {"whole_row_limit": str(limit)}
+    cfg = HarnessConfig(artifacts=tmp_path)
+    ir_text = strategy_ir(problem, "softmax_cpu", knobs, form=None, cfg=cfg)
+    exp_ops = [ln for ln in ir_text.splitlines() if "math.exp" in ln]
+    assert len(exp_ops) == exps, exp_ops
+    assert ("vector<256xf32>" in exp_ops[0]) == (limit > 0), exp_ops
+    res = run_problem(problem, "softmax_cpu", knobs=knobs, cfg=cfg).as_dict()
+    assert res["ok"] and res["applied"], res
+    assert res["dispatches"][0]["strategy"].endswith("_row") == (limit > 0)

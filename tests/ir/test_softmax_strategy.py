@@ -116,6 +116,51 @@ CHECK: transform.annotate %{{.*}} "translation_info"
 """)
 
 
+def test_whole_row_entry_comes_first_and_vectorizes_rows_untiled(filecheck) -> None:
+    filecheck(softmax_library(2, 1), """
+CHECK-LABEL: transform.named_sequence @tdkit_softmax_cpu_r2_d1_row(
+CHECK: tile_using_forall %{{.*}} tile_sizes [2, 0](mapping = [#gpu.block<x>])
+CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [1, 0]
+CHECK-COUNT-4: transform.structured.fuse_into_containing_op
+CHECK-NOT: tile_reduction_using_for
+CHECK-NOT: transform.loop.peel
+CHECK: transform.structured.vectorize_children_and_apply_patterns
+CHECK: transform.iree.bufferize
+CHECK: transform.annotate %{{.*}} "translation_info"
+CHECK-NEXT: transform.yield
+CHECK-LABEL: transform.named_sequence @tdkit_softmax_cpu_r2_d1_row_match(
+CHECK: %[[X:.*]] = transform.get_operand %{{.*}}[0]
+CHECK-NEXT: transform.iree.match.dim_bounds %[[X]][1], none, umax = 2048
+CHECK-NEXT: transform.iree.match.dim_is_multiple_of %[[X]][1], 16
+CHECK: transform.foreach_match in %{{.*}}
+CHECK-NEXT: @tdkit_softmax_cpu_r2_d1_row_match -> @tdkit_softmax_cpu_r2_d1_row_select
+CHECK-NEXT: @tdkit_softmax_cpu_r2_d1_match -> @tdkit_softmax_cpu_r2_d1_select
+""")
+
+
+@pytest.mark.parametrize(("shape", "dim", "limit", "expected"), [
+    ((512, 1024), 1, 2048, ["tdkit_softmax_cpu_r2_d1_row", "tdkit_softmax_cpu_r2_d1_split"]),
+    ((333, 1000), 1, 2048, ["tdkit_softmax_cpu_r2_d1", "tdkit_softmax_cpu_r2_d1_split"]),
+    ((64, 4096), 1, 2048, ["tdkit_softmax_cpu_r2_d1", "tdkit_softmax_cpu_r2_d1_split"]),
+    ((64, 4096), 1, 4096, ["tdkit_softmax_cpu_r2_d1_row", "tdkit_softmax_cpu_r2_d1_split"]),
+    ((512, 1024), 1, 0, ["tdkit_softmax_cpu_r2_d1", "tdkit_softmax_cpu_r2_d1_split"]),
+    ((1024, 64), 0, 2048, ["tdkit_softmax_cpu_r2_d0", "tdkit_softmax_cpu_r2_d0_split"]),
+])
+def test_exact_entries_pick_whole_row_for_short_rows_of_multiples_of_16(
+        shape, dim, limit, expected) -> None:
+    knobs = SoftmaxCpuKnobs(whole_row_limit=limit)
+    entries = softmax_cpu.library_entries(knobs, rank=len(shape), dim=dim, shape=shape)
+    assert [e.spec_name for e in entries] == expected
+    assert softmax_cpu.whole_row(knobs, shape, dim) == expected[0].endswith("_row")
+
+
+def test_whole_row_needs_the_fused_innermost_form() -> None:
+    with ir.Context(), ir.Location.unknown():
+        with pytest.raises(KnobError, match="whole-row vectorization needs"):
+            softmax_cpu.build_codegen_spec("tdkit_x", SoftmaxCpuKnobs(), rank=2, dim=0,
+                                           whole=True)
+
+
 def test_outer_dim_uses_masked_column_strips(filecheck) -> None:
     filecheck(softmax_library(2, 0), """
 CHECK-LABEL: transform.named_sequence @tdkit_softmax_cpu_r2_d0(
@@ -143,6 +188,11 @@ CHECK: transform.match.structured.dim %{{.*}}[1] reduction
 
 def test_rank3_maps_two_workgroup_dims_and_split_entry_is_collapsed(filecheck) -> None:
     filecheck(softmax_library(3, 2), """
+CHECK-LABEL: transform.named_sequence @tdkit_softmax_cpu_r3_d2_row(
+CHECK: tile_using_forall %{{.*}} tile_sizes [1, 2, 0](mapping = [#gpu.block<y>, #gpu.block<x>])
+CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [1, 1, 0]
+CHECK-NOT: tile_reduction_using_for
+CHECK: transform.structured.vectorize_children_and_apply_patterns
 CHECK-LABEL: transform.named_sequence @tdkit_softmax_cpu_r3_d2(
 CHECK: tile_using_forall %{{.*}} tile_sizes [1, 2, 0](mapping = [#gpu.block<y>, #gpu.block<x>])
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [1, 1, 0]
@@ -154,6 +204,7 @@ CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 64]
 CHECK-LABEL: transform.named_sequence @__kernel_config(
 CHECK-SAME: {transform.consumed}
 CHECK: transform.foreach_match in %{{.*}}
+CHECK-NEXT: @tdkit_softmax_cpu_r3_d2_row_match -> @tdkit_softmax_cpu_r3_d2_row_select
 CHECK-NEXT: @tdkit_softmax_cpu_r3_d2_match -> @tdkit_softmax_cpu_r3_d2_select
 CHECK-NEXT: @tdkit_softmax_cpu_r2_d1_split_match -> @tdkit_softmax_cpu_r2_d1_split_select
 """)
@@ -187,8 +238,10 @@ def test_every_rank_and_dim_in_one_library_verifies() -> None:
     specs = [line.split("@")[1].split("(")[0] for line in text.splitlines()
              if "transform.named_sequence @tdkit_" in line and "_match(" not in line
              and "_select(" not in line]
-    # 10 fused (rank, dim) pairs + the 4 distinct collapsed split shapes.
-    assert len(specs) == 14, specs
+    # 10 fused (rank, dim) pairs, 3 whole-row variants (innermost dim of rank 2-4) + the 4
+    # distinct collapsed split shapes.
+    assert len(specs) == 17, specs
+    assert sum(s.endswith("_row") for s in specs) == 3
     assert all(s.startswith("tdkit_softmax_cpu_") for s in specs)
 
 
@@ -250,6 +303,8 @@ def test_default_knobs_are_valid_for_the_test_shapes(shape, dim) -> None:
     ({"columns_per_workgroup": 40}, "columns_per_workgroup .* multiple of column_width"),
     ({"column_width": 48}, "column_width must be a power of two of at most 64, got 48"),
     ({"outer_reduction_tile": 32}, "outer_reduction_tile must be at most 16"),
+    ({"whole_row_limit": -1}, "whole_row_limit must be an integer from 0 to 4096, got -1"),
+    ({"whole_row_limit": 8192}, "whole_row_limit must be an integer from 0 to 4096, got 8192"),
 ])
 def test_invalid_knobs_raise_one_sentence(changes, message) -> None:
     knobs = dataclasses.replace(SoftmaxCpuKnobs(), **changes)
