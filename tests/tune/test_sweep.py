@@ -17,7 +17,9 @@ from tdkit.tools import tunedb
 TDKIT = [sys.executable, "-m", "tdkit.tools.cli"]
 # 64 rows of 256: compiles in about a second; rows_per_workgroup picks the candidate.
 PROBLEM = ["softmax", "--shape", "64x256", "--strategy", "softmax_cpu"]
-FIXED = ["--space", "reduction_tile=16", "--space", "vector_width=16"]
+# whole_row_limit=0 keeps these rows tiled, so reduction_tile and vector_width shape the binary.
+FIXED = ["--space", "reduction_tile=16", "--space", "vector_width=16",
+         "--space", "whole_row_limit=0"]
 
 
 def tune(tmp: Path, *extra: str, env: dict[str, str] | None = None,
@@ -91,7 +93,8 @@ def test_sigkill_then_rerun_resumes_without_redoing(tmp_path: Path) -> None:
     cmd = [*TDKIT, "tune", *PROBLEM, "--db", str(tmp_path / "t.db"), "--artifacts",
            str(tmp_path / "art"), "--search", "grid", "--space",
            "rows_per_workgroup=1,2,4,8,16,32", "--space", "reduction_tile=16,32",
-           "--space", "vector_width=16", "--confirm-rounds", "0", "--jobs", "1", "--json"]
+           "--space", "vector_width=16", "--space", "whole_row_limit=0", "--confirm-rounds",
+           "0", "--jobs", "1", "--json"]
     env = {**os.environ, "TDKIT_NO_PROGRESS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             start_new_session=True)
@@ -139,7 +142,8 @@ def test_pruned_and_identical_strategies_cost_no_compile(tmp_path: Path) -> None
     # is not read for a softmax over the innermost dim: the same strategy text, deduplicated.
     rc, out, err = tune(tmp_path, "--search", "grid", "--space", "rows_per_workgroup=4",
                         "--space", "reduction_tile=16", "--space", "vector_width=16,32",
-                        "--space", "columns_per_workgroup=32,64,128")
+                        "--space", "columns_per_workgroup=32,64,128",
+                        "--space", "whole_row_limit=0")
     assert rc == 0, err
     cands = rows(tmp_path / "t.db")
     pruned = [c for c in cands if c.status == tunedb.PRUNED]
