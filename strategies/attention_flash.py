@@ -296,7 +296,11 @@ def fuse_mask_padding(func: ir.Value, pred: CodegenPredicate) -> None:
     """Fuse the mask's `tensor.pad` into each key loop (the full tiles and the peeled
     remainder), so each step pads a `rows x key_tile` slice instead of the workgroup padding
     (and allocating) its whole `rows x K2` mask slice up front (72 KiB for K2 = 1000 f32, over
-    IREE's 32 KiB stack-allocation limit). Nothing to do when the rows divide M (no pad)."""
+    IREE's 32 KiB stack-allocation limit). Nothing to do when the rows divide M (no pad).
+
+    A mask computed in the dispatch (a causal mask from `linalg.index`, which IREE clones into
+    the attention dispatch with `AGGRESSIVE_FUSION`) is fused into each key loop too, so each
+    step computes its `rows x key_tile` tile: no mask tensor exists anywhere."""
     if not pred.masked:
         return
     found = structured.MatchOp.match_op_names(func, [ONLINE_ATTENTION]).result
@@ -311,6 +315,19 @@ def fuse_mask_padding(func: ir.Value, pred: CodegenPredicate) -> None:
             transform.MatchOperationNameOp(pad, ["tensor.pad"])
             structured.FuseIntoContainingOp(pad, key_loop)
             transform.YieldOp()
+        # The generator behind the (now in-loop) pad's slice, or behind the mask's slice.
+        for depth in (2, 1):
+            seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], attention)
+            with ir.InsertionPoint(seq.body):
+                value = transform.GetProducerOfOperand(_any(), seq.bodyTarget, 4).result
+                for _ in range(depth):
+                    value = transform.GetProducerOfOperand(_any(), value, 0).result
+                transform.MatchOperationNameOp(value, ["linalg.generic"])
+                fused = structured.FuseIntoContainingOp(value, key_loop).fused_op
+                # Vectorized right away (its tile is static): the decomposition steps then
+                # find exactly the generics the online_attention decomposes into.
+                structured.VectorizeOp(fused)
+                transform.YieldOp()
         transform.YieldOp()
 
 
@@ -577,11 +594,17 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
 
 # --- Library entries ---------------------------------------------------------------------------
 
+# With it, IREE clones an attention mask's generator into the attention dispatch
+# (`isAttentionMaskGenerator` in IREE's dispatch formation); at its default -O0 it does not.
+AGGRESSIVE_FUSION = ("--iree-dispatch-creation-enable-aggressive-fusion",)
+
+
 def spec_name(pred: CodegenPredicate) -> str:
     return f"tdkit_attention_flash_{predicate_name(pred)}"
 
 
-def library_entry(knobs: FlashKnobs, pred: CodegenPredicate) -> LibraryEntry:
+def library_entry(knobs: FlashKnobs, pred: CodegenPredicate,
+                  compile_flags: tuple[str, ...] = ()) -> LibraryEntry:
     """The flash spec for dispatches satisfying `pred`, and its matcher."""
     knobs.check()
     return LibraryEntry(
@@ -590,6 +613,7 @@ def library_entry(knobs: FlashKnobs, pred: CodegenPredicate) -> LibraryEntry:
         build_matcher=lambda n: build_codegen_matcher(n, pred),
         build_spec=lambda n: build_codegen_spec(n, knobs, pred),
         config=(knobs, pred),
+        compile_flags=compile_flags,
     )
 
 
@@ -621,8 +645,15 @@ def problem_mask(problem: Any) -> str:
 def library_entries(problem: Any, knobs: FlashKnobs, *, exact: bool = False,
                     mask: str | None = None) -> list[LibraryEntry]:
     """Entries for `problem`'s attention dispatch (or any attention dispatch for None); with
-    `exact`, matching only its exact sizes (exported tuned strategies)."""
-    return [library_entry(knobs, p) for p in predicates_for(problem, exact=exact, mask=mask)]
+    `exact`, matching only its exact sizes (exported tuned strategies).
+
+    A causal-only problem's entry asks for `AGGRESSIVE_FUSION`: IREE then clones the causal
+    mask's generator into the attention dispatch instead of writing an M x K2 mask to memory
+    in a dispatch of its own, and `fuse_mask_padding` computes it tile by tile."""
+    flags = AGGRESSIVE_FUSION if (problem is not None and mask is None
+                                  and problem_mask(problem) == CODEGEN_MASK_BOOL) else ()
+    return [library_entry(knobs, p, flags)
+            for p in predicates_for(problem, exact=exact, mask=mask)]
 
 
 __all__: Sequence[str] = ["FlashKnobs", "build_codegen_spec", "library_entries"]

@@ -25,6 +25,7 @@ SPEC_PREFIX = "tdkit_"
 # naming the entry (`tdkit.strategy = "tdkit_..."`); `tdkit.tools.applied` looks for it.
 MARKER_ATTR = "tdkit.strategy"
 SELECT_SUFFIX = "_select"  # an entry's action is `@<spec_name>_select`
+COMPILE_FLAGS_ATTR = "tdkit.compile_flags"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,11 @@ class LibraryEntry:
     `tdkit.tools.applied` recognizes (see `strategy_marker`).
 
     `config` (e.g. the knobs) tells entries with the same spec name apart: repeated entries
-    with equal configs are built once, different ones with one name are an error."""
+    with equal configs are built once, different ones with one name are an error.
+
+    `compile_flags`: iree-compile flags the entry needs (e.g. so IREE forms the dispatch it
+    expects). The library lists the union of its entries' flags in the module attribute
+    `tdkit.compile_flags` (`COMPILE_FLAGS_ATTR`), and tdkit's compiles pass them."""
 
     strategy: str
     spec_name: str
@@ -51,6 +56,7 @@ class LibraryEntry:
     matcher_name: str = ""
     build_action: Callable[[str], object] | None = None
     config: object = None
+    compile_flags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.spec_name.startswith(SPEC_PREFIX):
@@ -149,6 +155,10 @@ def build_library(entries: Sequence[LibraryEntry], *, tuning_spec: bool = False)
         raise ValueError("a tuning spec can only hold configuring entries, not codegen specs")
     module = ir.Module.create()
     module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+    flags = list(dict.fromkeys(f for e in entries for f in e.compile_flags))
+    if flags:
+        module.operation.attributes[COMPILE_FLAGS_ATTR] = ir.ArrayAttr.get(
+            [ir.StringAttr.get(f) for f in flags])
     if tuning_spec:
         module.operation.attributes["iree_codegen.tuning_spec_with_default_entrypoint"] = \
             ir.UnitAttr.get()

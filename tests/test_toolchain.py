@@ -15,6 +15,7 @@ from tdkit.tools.toolchain import (
     compile_argv,
     compile_module,
     find_tool,
+    library_flags,
     run_module,
     run_process,
 )
@@ -106,3 +107,11 @@ def test_compile_error_is_tool_error_with_artifacts(tmp_path: Path) -> None:
         compile_module("func.func @main( {", tmp_path / "bad")
     assert "iree-compile failed" in info.value.summary
     assert (tmp_path / "bad" / "stderr.txt").read_text()
+
+
+def test_library_flags_come_from_the_module_attribute() -> None:
+    text = ('module attributes {tdkit.compile_flags = ["--a=1", "--b"], '
+            'transform.with_named_sequence} {\n}\n')
+    assert library_flags(text) == ("--a=1", "--b")
+    assert library_flags("module attributes {transform.with_named_sequence} {\n}\n") == ()
+    assert library_flags(None) == ()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -125,6 +126,19 @@ def target_options(name: str, base: CompileOptions | None = None) -> CompileOpti
 # Seen in 2-5% of compiles of a two-dispatch softmax here; never with this flag, which costs
 # nothing measurable on these small modules (27.0 s vs 29.2 s for 80 compiles).
 NO_THREADING = "--mlir-disable-threading"
+
+
+_LIBRARY_FLAGS = re.compile(r'^module attributes \{.*?tdkit\.compile_flags = \[([^\]]*)\]',
+                            re.MULTILINE)
+
+
+def library_flags(library: str | None) -> tuple[str, ...]:
+    """The iree-compile flags a transform library declares it needs (module attribute
+    `tdkit.compile_flags`, see `tdkit.strategies.library.COMPILE_FLAGS_ATTR`)."""
+    if not library:
+        return ()
+    m = _LIBRARY_FLAGS.search(library)
+    return tuple(re.findall(r'"([^"]*)"', m.group(1))) if m else ()
 
 
 def compile_argv(compiler: str, source: Path, output: Path, opts: CompileOptions, *,
@@ -289,11 +303,14 @@ def compile_module(payload: str, out_dir: Path, opts: CompileOptions = CompileOp
     """Compile MLIR text `payload` (with transform library text `strategy`, if any) into
     `out_dir`, writing payload.mlir, strategy.mlir, command.txt, stderr.txt and module.vmfb;
     `preprocessing` is a preprocessing transform spec (raise.mlir) run before dispatch
-    formation.
+    formation. Flags the library declares (`library_flags`) are added to `opts`.
 
     Dispatch configurations are dumped to out_dir/configurations so callers can check which
     pipeline each dispatch got."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    needed = [f for f in library_flags(strategy) if f not in opts.extra_flags]
+    if needed:
+        opts = replace(opts, extra_flags=(*opts.extra_flags, *needed))
     source = out_dir / "payload.mlir"
     if opts.target_name in PAYLOAD_DEVICE_TARGETS:
         payload = with_device_targets(payload, PAYLOAD_DEVICE_TARGETS[opts.target_name])

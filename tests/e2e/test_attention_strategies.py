@@ -125,6 +125,20 @@ def _shaped_types(text: str) -> list[tuple[str, list[int], str]]:
     return found
 
 
+@pytest.mark.parametrize("dtype", [DType.F32, DType.BF16])
+def test_causal_flash_computes_its_mask_in_the_dispatch(dtype: DType) -> None:
+    """A causal-only problem compiles as one dispatch: the library asks IREE to clone the mask
+    generator into the attention dispatch, and flash computes each mask tile in its key loop
+    (K2 = 4096: the workgroup's rows x K2 mask would exceed the 32 KiB stack limit)."""
+    problem = Attention((1,), 64, 4096, 64, causal=True, dtype=dtype)
+    res = run_problem(problem, "flash", compare_default=True)
+    d = res.as_dict()
+    assert d["ok"] and d["applied"], d
+    assert [x["strategy"] for x in d["dispatches"]] == \
+        [f"tdkit_attention_flash_nb_boolmask_{dtype.value}"]
+    assert res.default is not None and len(res.default.dispatches) == 2  # mask + attention
+
+
 @pytest.mark.parametrize(("problem", "knobs"), [
     (Attention((2,), 96, 320, 64), None),
     (Attention((2,), 96, 320, 64, causal=True), None),

@@ -432,3 +432,41 @@ def test_flash_fit_picks_the_rows_layout_for_bf16() -> None:
     fitted.check(Attention((8,), 1024, 1024, 64, dtype=DType.BF16))
     f16 = attention_flash.fit(Attention((8,), 1024, 1024, 64, dtype=DType.F16), FlashKnobs())
     assert f16.layout == "mlanes"
+
+
+def test_causal_library_asks_for_the_mask_generator_in_the_dispatch() -> None:
+    """Only a causal-only problem's flash library carries `tdkit.compile_flags` (IREE then
+    clones the mask generator into the attention dispatch); a user mask, no mask, and the
+    library for any payload do not."""
+    from tdkit.tools.toolchain import library_flags
+
+    family = registry.get("flash")
+
+    def flags(problem) -> tuple[str, ...]:
+        with ir.Context(), ir.Location.unknown():
+            text = str(build_library(family.entries(problem, FlashKnobs())))
+        return library_flags(text)
+
+    assert flags(Attention((2,), 64, 128, 64, causal=True)) == attention_flash.AGGRESSIVE_FUSION
+    assert flags(Attention((2,), 64, 128, 64, causal=True, mask=True)) == ()
+    assert flags(Attention((2,), 64, 128, 64)) == ()
+    assert flags(None) == ()
+
+
+def test_flash_spec_fuses_an_in_dispatch_mask_generator(filecheck) -> None:
+    problem = Attention((2,), 64, 128, 64, causal=True)
+    with ir.Context(), ir.Location.unknown():
+        text = str(build_library(registry.get("flash").entries(problem, FlashKnobs())))
+    filecheck(text, """
+CHECK: module attributes {tdkit.compile_flags = ["--iree-dispatch-creation-{{.*}}-fusion"]
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_boolmask_f32(
+CHECK: transform.foreach
+CHECK: transform.match.operation_name %{{.*}} ["tensor.pad"]
+CHECK: transform.match.operation_name %{{.*}} ["linalg.generic"]
+CHECK-NEXT: %[[GEN:.*]], %{{.*}} = transform.structured.fuse_into_containing_op
+CHECK-NEXT: transform.structured.vectorize %[[GEN]]
+CHECK: transform.match.operation_name %{{.*}} ["linalg.generic"]
+CHECK-NEXT: %[[GEN2:.*]], %{{.*}} = transform.structured.fuse_into_containing_op
+CHECK-NEXT: transform.structured.vectorize %[[GEN2]]
+CHECK: transform.iree.decompose_aggregate_op
+""")
