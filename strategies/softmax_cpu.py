@@ -38,7 +38,8 @@ SPLIT = "split"
 FORMS = (FUSED, SPLIT)
 _REDUCTIONS = {FUSED: 2, SPLIT: 1}
 # Longest row `whole_row_limit` may ask to vectorize whole: at 4096 f32 (256 registers' worth)
-# the whole-row kernel ran 0.73x the tiled one on 4096x4096, and compile time grows with it.
+# the whole-row kernel ran 0.73x and 0.79x the tiled one on 4096x4096 (two runs), and compile
+# time grows with it.
 MAX_WHOLE_ROW = 4096
 # Rows vectorized whole must be a multiple of this many elements (one AVX-512 register of
 # f32): LLVM splits a row of 1000 or 129 into registers plus a ragged tail, and those ran
@@ -139,18 +140,23 @@ def space(shape: tuple[int, ...], dim: int) -> dict[str, tuple[int, ...]]:
     if rank == 1:
         return {"rank1_chunk": (1024, 2048, 4096, 8192, 16384), **row}
     if dim == rank - 1:
-        whole = {"whole_row_limit": (0, MAX_WHOLE_ROW)} \
-            if shape[-1] <= MAX_WHOLE_ROW and shape[-1] % WHOLE_ROW_MULTIPLE == 0 else {}
+        longest = SoftmaxCpuKnobs(whole_row_limit=MAX_WHOLE_ROW)
+        whole = {"whole_row_limit": (0, MAX_WHOLE_ROW)} if whole_row(longest, shape, dim) else {}
         return {"rows_per_workgroup": (1, 2, 4, 8, 16, 32), **row, **whole}
     return {"columns_per_workgroup": (32, 64, 128, 256), "column_width": (8, 16, 32, 64),
             "outer_reduction_tile": (1, 2, 4, 8, 16)}
 
 
+def whole_row_form(rank: int, dim: int) -> bool:
+    """Whether a softmax of `rank` over `dim` can have its rows vectorized whole: rank >= 2,
+    over the innermost dim."""
+    return rank >= 2 and dim % rank == rank - 1
+
+
 def whole_row(knobs: SoftmaxCpuKnobs, shape: tuple[int, ...], dim: int) -> bool:
     """Whether the strategy vectorizes each row of a softmax of `shape` over `dim` whole (see
     `SoftmaxCpuKnobs.whole_row_limit`)."""
-    rank = len(shape)
-    return (rank >= 2 and dim % rank == rank - 1 and shape[-1] <= knobs.whole_row_limit
+    return (whole_row_form(len(shape), dim) and shape[-1] <= knobs.whole_row_limit
             and shape[-1] % WHOLE_ROW_MULTIPLE == 0)
 
 
@@ -260,8 +266,6 @@ def _any() -> ir.Type:
     return transform.AnyOpType.get()
 
 
-
-
 @dataclass(frozen=True)
 class DispatchHandles:
     """Handles to the ops of one softmax dispatch, in program order."""
@@ -278,8 +282,6 @@ def match_dispatch(variant: ir.Value, reductions: int) -> DispatchHandles:
     fills = steps.match_exactly(func, "linalg.fill", reductions)
     generics = steps.match_exactly(func, "linalg.generic", reductions + 1)
     return DispatchHandles(func, fills, generics[:-1], generics[-1])
-
-
 
 
 def _interleave(fills: Sequence[ir.Value], reductions: Sequence[ir.Value]) -> list[ir.Value]:
@@ -422,7 +424,6 @@ def hoist_accumulators(func: ir.Value) -> ir.Value:
         _any(), func, "iree-codegen-optimize-tensor-insert-extract-slices").result
 
 
-
 def bufferize(func: ir.Value) -> ir.Value:
     """Eliminate empty tensors, bufferize, and map the workgroup forall to workgroup ids.
     Returns the bufferized func."""
@@ -487,7 +488,7 @@ def build_codegen_spec(name: str, knobs: SoftmaxCpuKnobs, *, rank: int, dim: int
     `SoftmaxCpuKnobs.whole_row_limit`); the row length must be static."""
     knobs.check()
     t = tiling(knobs, rank, dim, form)
-    if whole and not (form == FUSED and t.inner_reduction and rank >= 2):
+    if whole and not (form == FUSED and whole_row_form(rank, dim)):
         raise KnobError("whole-row vectorization needs the fused form of a softmax over the "
                         f"innermost dim of rank >= 2 (got rank {rank}, dim {dim}, {form})")
     seq = transform.NamedSequenceOp(name, [_any()], [],
@@ -593,7 +594,7 @@ def library_entries(knobs: SoftmaxCpuKnobs, *, rank: int, dim: int,
     whole-row entry comes first: `foreach_match` applies the first matcher that succeeds, so
     rows up to the limit take it and longer (or dynamic) rows the tiled entry."""
     d = dim % rank
-    whole_ok = (knobs.whole_row_limit > 0 and rank >= 2 and d == rank - 1
+    whole_ok = (knobs.whole_row_limit > 0 and whole_row_form(rank, d)
                 and (shape is None or whole_row(knobs, shape, d)))
     entries = [library_entry(knobs, rank=rank, dim=d, whole=True, shape=shape)] \
         if whole_ok else []
