@@ -10,7 +10,7 @@ from tdkit.strategies import registry
 from tdkit.tools.applied import check_applied
 from tdkit.tools.errors import NotAppliedError
 from tdkit.tools.harness import HarnessConfig, library_for, payload_text, resolve_form
-from tdkit.tools.toolchain import NO_THREADING, compile_module
+from tdkit.tools.toolchain import compile_module
 
 PASS = "iree-codegen-lower-executable-using-transform-dialect"
 # IREE's own CPU pipelines (entries that only configure a dispatch, e.g. the attention `config`
@@ -30,10 +30,10 @@ def strategy_ir(problem: Any, strategy: str, knobs: dict[str, str] | None, *, fo
     payload = payload_text(problem, resolve_form(problem, form))
     library = library_for(problem, strategy, knobs, cfg.compile.target_name)
     pipeline = GPU_PIPELINE_PASS if cfg.compile.is_gpu else CPU_PIPELINE_PASS
+    # Dumps in order: every compile with a library runs single-threaded (toolchain.NO_THREADING).
     opts = replace(cfg.compile, extra_flags=(*cfg.compile.extra_flags,
                                              f"--mlir-print-ir-after={PASS}",
-                                             f"--mlir-print-ir-after={pipeline}",
-                                             NO_THREADING))
+                                             f"--mlir-print-ir-after={pipeline}"))
     art = compile_module(payload, cfg.root() / "apply", opts, strategy=library,
                          compiler=cfg.compiler)
     family = registry.get(strategy)
