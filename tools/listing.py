@@ -27,7 +27,7 @@ def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig
     if not path.exists():
         raise BadInputError(f"no such file: {path}")
     root = cfg.root() / path.stem / "inspect"
-    from tdkit.tools.modules import import_model, read_signature
+    from tdkit.tools.modules import import_model, payload_entries, read_signature
 
     if path.suffix == ".onnx":
         path = import_model(path, root, cfg)
@@ -35,9 +35,7 @@ def inspect_file(path: Path, *, strategies: list[str] | None, cfg: HarnessConfig
     text = path.read_text()
     read_signature(text, None)  # one clear error for malformed modules
     target = cfg.compile.target_name
-    fams = ([registry.get(s) for s in strategies] if strategies
-            else [f for f in registry.families().values() if f.supports(target)])
-    entries = [e for f in fams for e in f.entries(None, f.parse_knobs(None, None, target))]
+    fams, entries = payload_entries(strategies, target)
     library = registry.library_text(entries)
     opts = replace(cfg.compile, compile_to="executable-configurations")
 

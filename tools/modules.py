@@ -210,6 +210,19 @@ class ModuleRun:
         return out
 
 
+def payload_entries(strategies: list[str] | None, target: str
+                    ) -> tuple[list[registry.Family], list[Any]]:
+    """The families for an arbitrary payload module (`strategies`, or every family that
+    generates code for `--target target`) and their default entries for any dispatch."""
+    fams = [registry.get(s) for s in strategies] if strategies else [
+        f for f in registry.families().values() if f.supports(target)]
+    try:
+        entries = [e for f in fams for e in f.entries(None, f.parse_knobs(None, None, target))]
+    except KnobError as err:
+        raise BadInputError(f"invalid knob: {err}") from None
+    return fams, entries
+
+
 def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], function: str | None,
              output_dir: Path | None, cfg: HarnessConfig, timing: bool = True,
              raise_attention: bool = True, memory: bool = False) -> ModuleRun:
@@ -225,12 +238,7 @@ def run_file(path: Path, *, strategies: list[str] | None, inputs: list[str], fun
     arrays = load_inputs(sig, inputs, cfg.seed)
     explicit = bool(strategies)
     target = cfg.compile.target_name
-    fams = [registry.get(s) for s in strategies] if strategies else [
-        f for f in registry.families().values() if f.supports(target)]
-    try:
-        entries = [e for f in fams for e in f.entries(None, f.parse_knobs(None, None, target))]
-    except KnobError as err:
-        raise BadInputError(f"invalid knob: {err}") from None
+    fams, entries = payload_entries(strategies, target)
     root = cfg.root() / path.stem / time.strftime("%Y%m%d-%H%M%S")
     plan = plan_raising(text, root / "preprocessing", cfg) if raise_attention else None
     if plan is not None:  # entries fitted to each raised chain first (first match wins)
