@@ -43,7 +43,8 @@ accumulator, two rows-vectors of statistics and a rows x key_tile score tile.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -308,26 +309,30 @@ def fuse_mask_padding(func: ir.Value, pred: CodegenPredicate) -> None:
     with ir.InsertionPoint(each.body):
         attention = each.body.arguments[0]
         key_loop = transform.GetParentOp(_any(), attention, op_name="scf.for").result
-        seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], attention)
-        with ir.InsertionPoint(seq.body):
-            mask_slice = transform.GetProducerOfOperand(_any(), seq.bodyTarget, 4).result
-            pad = transform.GetProducerOfOperand(_any(), mask_slice, 0).result
-            transform.MatchOperationNameOp(pad, ["tensor.pad"])
+        with _if_mask_source(attention, 1, "tensor.pad") as pad:
             structured.FuseIntoContainingOp(pad, key_loop)
-            transform.YieldOp()
         # The generator behind the (now in-loop) pad's slice, or behind the mask's slice.
         for depth in (2, 1):
-            seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], attention)
-            with ir.InsertionPoint(seq.body):
-                value = transform.GetProducerOfOperand(_any(), seq.bodyTarget, 4).result
-                for _ in range(depth):
-                    value = transform.GetProducerOfOperand(_any(), value, 0).result
-                transform.MatchOperationNameOp(value, ["linalg.generic"])
-                fused = structured.FuseIntoContainingOp(value, key_loop).fused_op
+            with _if_mask_source(attention, depth, "linalg.generic") as generator:
+                fused = structured.FuseIntoContainingOp(generator, key_loop).fused_op
                 # Vectorized right away (its tile is static): the decomposition steps then
                 # find exactly the generics the online_attention decomposes into.
                 structured.VectorizeOp(fused)
-                transform.YieldOp()
+        transform.YieldOp()
+
+
+@contextlib.contextmanager
+def _if_mask_source(attention: ir.Value, depth: int, op_name: str) -> Iterator[ir.Value]:
+    """Inside `transform.sequence failures(suppress)`: yields the op `depth` producers behind
+    the attention's mask operand (through operand 0 of each), if it is an `op_name`; the
+    steps emitted in the `with` block are skipped otherwise."""
+    seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], attention)
+    with ir.InsertionPoint(seq.body):
+        value = transform.GetProducerOfOperand(_any(), seq.bodyTarget, 4).result
+        for _ in range(depth):
+            value = transform.GetProducerOfOperand(_any(), value, 0).result
+        transform.MatchOperationNameOp(value, [op_name])
+        yield value
         transform.YieldOp()
 
 
