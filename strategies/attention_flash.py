@@ -16,8 +16,10 @@ returning the handles it made:
    accumulator, the running max and the running sum: online softmax); `peel` the last partial
    key tile, so every tile is static and no key needs masking;
 4. `decompose`: every online_attention into Q·Kᵀ, max/exp/sum pieces, rescale and P·V, and
-   `interchange` the pieces' loops for the chosen `layout` (below); with "mlanes", `tile_values`
-   splits the rescale and P·V into `value_tile`-column tiles (N);
+   `interchange` the pieces' loops for the chosen `layout` (below); with "mlanes",
+   `split_maxima` splits the running-max reduction into `max_split` partial maxima (a shorter
+   dependency chain between Q·Kᵀ and the exp) and `tile_values` splits the rescale and P·V
+   into `value_tile`-column tiles (N);
 5. `vectorize`; 6. `bufferize` (eliminate empty tensors first) and hoist loop-invariant
    transfers; 7. `lower_vectors`; annotate `no_pipeline`.
 
@@ -65,7 +67,7 @@ from tdkit.matchers.attention import (
 )
 from tdkit.matchers.dtypes import DType
 from tdkit.strategies import iree_ops, steps
-from tdkit.strategies.base import KnobError, require
+from tdkit.strategies.base import require
 from tdkit.strategies.library import LibraryEntry
 
 FAMILY = "flash"
@@ -104,6 +106,12 @@ class FlashKnobs:
         loop carries N / value_tile `value_tile x rows` vectors and LLVM keeps one tile in
         registers at a time instead of spilling the whole `N x rows` accumulator; 0 = off.
         Applied when it divides N and is smaller than N (`tiles_values`).
+      max_split: with layout "mlanes", compute the key step's row maxima as `max_split`
+        partial maxima over interleaved key groups, then combine them
+        (`transform.structured.split_reduction`): the chain of dependent maxima between the
+        last Q·Kᵀ FMA and the first exp shrinks from key_tile to key_tile / max_split +
+        max_split steps. 0 = off, else a power of two; a key tile smaller than it is split
+        into single keys (`max_split_factor`), and a peeled remainder tile is not split.
     """
 
     rows: int = 16
@@ -111,7 +119,8 @@ class FlashKnobs:
     layout: str = "mlanes"
     lowering: str = "transform"
     exp2: bool = False
-    value_tile: int = 16
+    value_tile: int = 8
+    max_split: int = 4
 
     def check(self, problem: Any = None) -> None:
         """Raise KnobError with one sentence for knob values, or combinations with the
@@ -129,6 +138,9 @@ class FlashKnobs:
         require(isinstance(self.value_tile, int) and not isinstance(self.value_tile, bool)
                 and (self.value_tile == 0 or _is_pow2(self.value_tile)),
                 f"value_tile must be 0 (off) or a power of two, got {self.value_tile!r}")
+        require(isinstance(self.max_split, int) and not isinstance(self.max_split, bool)
+                and (self.max_split == 0 or _is_pow2(self.max_split)),
+                f"max_split must be 0 (off) or a power of two, got {self.max_split!r}")
         require(_is_pow2(self.key_tile),
                 f"key_tile must be a power of two, got {self.key_tile}")
         require(self.key_tile <= 64, f"key_tile must be at most 64, got {self.key_tile}")
@@ -173,10 +185,9 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
 
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     """Fit the default knobs to a problem: rows and key_tile powers of two no larger than M and
-    K2; for f32 head dims of 128 and more, 32 rows x 4 keys where the stack allows it (else
-    key_tile 8: measured 94 vs 79 GF/s at D = 128 against 16, the larger step spills the
-    `N x rows` accumulator once per key); layout "rows" for bf16; value_tile 0 when it does
-    not divide N, and for f16."""
+    K2; key_tile 8 for head dims of 128 and more (measured 94 vs 79 GF/s at D = 128 against
+    16: the larger step spills the `N x rows` accumulator once per key); layout "rows" for
+    bf16; value_tile 0 when it does not divide N, and for f16."""
     rows, key_tile, layout = knobs.rows, knobs.key_tile, knobs.layout
     if max(problem.d, problem.value_dim) >= 128:
         key_tile = min(key_tile, 8)
@@ -192,21 +203,15 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     value_tile = knobs.value_tile
     if value_tile and (problem.value_dim % value_tile or problem.dtype == DType.F16):
         # f16 (one vcvtph2ps per broadcast K / V element) measured slower with value tiles:
-        # 95-107 vs 109-119 GF/s at 8x1024x1024x64 (LLVM frame 41 KiB vs 14 KiB).
+        # 95-107 vs 109-119 GF/s at 8x1024x1024x64 (LLVM frame 41 KiB vs 14 KiB); again with
+        # the tiles carried as vectors: 0.89x (value_tile 8) and 0.91x (16), side by side.
         value_tile = 0
-    fitted = replace(knobs, rows=rows, key_tile=key_tile, layout=layout, value_tile=value_tile)
-    if max(problem.d, problem.value_dim) >= 128 and problem.dtype == DType.F32 and \
-            fitted.layout == "mlanes" and fitted.rows == 16 and problem.m >= 32 and \
-            problem.k2 >= 4:
-        # Head dim 128: 32 rows x 4 keys beat 16 x 8 by 1.17x (4x1024x1024x128 f32, two
-        # sweeps, finalists re-timed side by side), if the frame fits the worker stack.
-        wide = replace(fitted, rows=32, key_tile=4)
-        try:
-            wide.check(problem)
-            return wide
-        except KnobError:
-            pass
-    return fitted
+    # Head dim 128, f32: 32 rows x 4 keys used to beat 16 x 8 (1.17x) while the key loop
+    # transposed its non-square accumulator tiles every step; with the tiles carried as
+    # vectors (`vectorize_key_loop_generics`), 16 x 8 x 8 matches that old 32 x 4 x 16 (10.7
+    # vs 10.8 ms at 4x1024x1024x128, side by side) and 32 x 4 spills the whole accumulator
+    # (23-28 ms), so the rows stay at 16.
+    return replace(knobs, rows=rows, key_tile=key_tile, layout=layout, value_tile=value_tile)
 
 
 def space(problem: Any) -> dict[str, tuple[Any, ...]]:
@@ -224,6 +229,7 @@ def space(problem: Any) -> dict[str, tuple[Any, ...]]:
         "lowering": LOWERINGS,
         "exp2": (False, True),
         "value_tile": (0, 8, 16, 32),
+        "max_split": (0, 4),
     }
 
 
@@ -356,6 +362,8 @@ def decompose(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None
         iree_ops.decompose_aggregate_op(attention)
         if knobs.layout == "mlanes":
             pieces = interchange_mlanes(key_loop, pred)
+            if max_split_factor(knobs):
+                mark_max(pieces[mlanes_pieces(pred).index("max")])
             if tiles_values(pred, knobs):
                 tile_values(pieces[-1], pred, knobs)
         transform.YieldOp()
@@ -403,6 +411,50 @@ def interchange_mlanes(key_loop: ir.Value, pred: CodegenPredicate) -> list[ir.Va
             for name, g in zip(names, generics, strict=True) if name in perms]
 
 
+def mlanes_pieces(pred: CodegenPredicate) -> list[str]:
+    """The names of the generics `interchange_mlanes` returns, in its order."""
+    perms = mlanes_interchanges(pred)
+    return [name for name in decomposed_generics(pred) if name in perms]
+
+
+SPLIT_MAX_ATTR = "tdkit.split_max"
+
+
+def max_split_factor(knobs: FlashKnobs) -> int:
+    """The split factor of the running max: `max_split`, at most the key tile; 0 = none."""
+    factor = min(knobs.max_split, knobs.key_tile)
+    return factor if factor >= 2 else 0
+
+
+def mark_max(max_op: ir.Value) -> None:
+    """Mark the interchanged running-max generic for `split_maxima` (which runs once the
+    peeled remainder's key tile has become static)."""
+    iree_ops.annotate(max_op, SPLIT_MAX_ATTR, ir.UnitAttr.get())
+
+
+def split_maxima(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None:
+    """Split every marked running-max generic `(b, k2, m)` over a full key tile into
+    `max_split` partial maxima over the key tile and a combining max (`split_reduction`: a
+    new parallel loop before k2, its partials initialized to -inf); after vectorization the
+    partials are independent chains across vectors. The generics are matched by their
+    operand types, scores `[1,] rows x key_tile` and maxima `[1,] rows`, so a peeled
+    remainder's max (a smaller key tile, which the factor may not divide: `split_reduction`
+    then fails definitely) keeps one chain."""
+    f32 = ir.F32Type.get()
+    lead = [1] if pred.batched else []
+    types = [ir.RankedTensorType.get([*lead, knobs.rows, knobs.key_tile], f32),
+             ir.RankedTensorType.get([*lead, knobs.rows], f32)]
+    full = structured.MatchOp(_any(), func, ops=["linalg.generic"],
+                              op_attrs={SPLIT_MAX_ATTR: ir.UnitAttr.get()},
+                              filter_operand_types=types).result
+    each = transform.ForeachOp([], [full])
+    with ir.InsertionPoint(each.body):
+        structured.structured_split_reduction(
+            _any(), _any(), _any(), _any(), each.body.arguments[0],
+            split_factor=max_split_factor(knobs), insert_split_dimension=1 if pred.batched else 0)
+        transform.YieldOp()
+
+
 def tiles_values(pred: CodegenPredicate, knobs: FlashKnobs) -> bool:
     """Whether P·V and the accumulator rescale are split into value-column tiles: layout
     "mlanes", a `value_tile` dividing the predicate's exact N and smaller than it (a library
@@ -430,11 +482,16 @@ def tile_values(pv: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None
 
 
 def vectorize_key_loop_generics(func: ir.Value) -> None:
-    """Vectorize the generics of the key loops on their own, then fold the accumulator tiles'
-    `tensor.insert_slice`s into their (transposing) `vector.transfer_write`s. Left to
-    `vectorize_children_and_apply_patterns`, the insert_slices are vectorized as a
-    `vector.transpose` + identity write, which the subset hoisting then pairs with the
-    transposing read of a square tile (a wrong result)."""
+    """Vectorize the generics of the key loops on their own, then hoist the accumulator
+    tiles' `tensor.extract_slice` / `tensor.insert_slice` pairs out of every key loop, which
+    then carries each `rows x value_tile` tile as a tensor of its own; the later subset
+    hoisting turns the tiles' transposing read / write pairs into `value_tile x rows` vector
+    iter_args. Left in the loop, the insert_slices either become a `vector.transpose` +
+    identity write (vectorized by `vectorize_children_and_apply_patterns`; paired by the
+    subset hoisting with the transposing read of a square tile: a wrong result), or, folded
+    into the transposing `transfer_write`s (`fold_tensor_subset_ops_into_vector_transfers`),
+    fold only for square tiles (rows = value_tile): a non-square tile was transposed twice
+    per key step."""
     loops = structured.MatchOp.match_op_names(func, ["scf.for"]).result
     each = transform.ForeachOp([], [loops])
     with ir.InsertionPoint(each.body):
@@ -442,9 +499,16 @@ def vectorize_key_loop_generics(func: ir.Value) -> None:
                                                      ["linalg.generic"]).result
         structured.VectorizeOp(generics)
         transform.YieldOp()
-    with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
-        iree_ops.upstream_pattern("tensor.fold_tensor_subset_ops_into_vector_transfers")
-        transform.ApplyCanonicalizationPatternsOp()
+    hoist_subsets(func)
+
+
+def hoist_subsets(func: ir.Value) -> None:
+    """`hoist_loop_invariant_subsets` on every `scf.for` of the func."""
+    loops = structured.MatchOp.match_op_names(func, ["scf.for"]).result
+    each = transform.ForeachOp([], [loops])
+    with ir.InsertionPoint(each.body):
+        loop.HoistLoopInvariantSubsetsOp(each.body.arguments[0])
+        transform.YieldOp()
 
 
 def vectorize(func: ir.Value, knobs: FlashKnobs, value_tiles: bool = False) -> ir.Value:
@@ -464,11 +528,7 @@ def vectorize(func: ir.Value, knobs: FlashKnobs, value_tiles: bool = False) -> i
     with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
         transform.ApplyCanonicalizationPatternsOp()
     if mlanes:
-        loops = structured.MatchOp.match_op_names(vectorized, ["scf.for"]).result
-        each = transform.ForeachOp([], [loops])
-        with ir.InsertionPoint(each.body):
-            loop.HoistLoopInvariantSubsetsOp(each.body.arguments[0])
-            transform.YieldOp()
+        hoist_subsets(vectorized)
         with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
             tvector.ApplyTransferPermutationPatternsOp()
         with ir.InsertionPoint(transform.ApplyPatternsOp(vectorized).patterns):
@@ -589,6 +649,8 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         fuse_mask_padding(func, pred)
         decompose(func, pred, knobs)
         steps.cleanup(func)
+        if knobs.layout == "mlanes" and max_split_factor(knobs):
+            split_maxima(func, pred, knobs)
         func = vectorize(func, knobs, tiles_values(pred, knobs))
         func = bufferize(func)
         func = lower_vectors(func, knobs)

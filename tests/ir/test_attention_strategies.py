@@ -236,35 +236,71 @@ CHECK: transform.structured.interchange %[[G]]#10 iterator_interchange = [1, 2, 
 
 
 def test_flash_value_tiles_fuse_the_rescale_into_pv(filecheck) -> None:
-    # N = 64, value_tile = 16: P·V is tiled along N with its producers (the accumulator
+    # N = 64, value_tile = 8: P·V is tiled along N with its producers (the accumulator
     # rescale) fused, the tile loop unrolled, and the key loops' generics vectorized before
-    # the rest, so the accumulator tiles' insert_slices fold into their transfer_writes.
+    # the rest; then the accumulator tiles' extract/insert_slice pairs are hoisted out of the
+    # key loops (so non-square rows x value_tile tiles are carried too).
     text = flash_library(Attention((2,), 64, 64, 64))
     filecheck(text, """
 CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
 CHECK: transform.iree.decompose_aggregate_op
 CHECK: %[[G:.*]]:10 = transform.split_handle
 CHECK: %[[PV:.*]] = transform.structured.interchange %[[G]]#9 iterator_interchange = [0, 2, 3, 1]
-CHECK-NEXT: %{{.*}}, %[[TILES:.*]] = transform.structured.fuse %[[PV]] tile_sizes [0, 0, 16, 0]
+CHECK: %{{.*}}, %[[TILES:.*]] = transform.structured.fuse %[[PV]] tile_sizes [0, 0, 8, 0]
 CHECK-NEXT: transform.loop.unroll_full %[[TILES]]
 CHECK: %[[LOOPS:.*]] = transform.structured.match ops{["scf.for"]}
 CHECK: transform.foreach %[[LOOPS]]
 CHECK: %[[GEN:.*]] = transform.structured.match ops{["linalg.generic"]}
 CHECK-NEXT: transform.structured.vectorize %[[GEN]]
-CHECK: transform.apply_patterns.tensor.fold_tensor_subset_ops_into_vector_transfers
+CHECK: %[[LOOPS2:.*]] = transform.structured.match ops{["scf.for"]}
+CHECK: transform.foreach %[[LOOPS2]]
+CHECK-NEXT: ^bb0(%[[L:.*]]: !transform.any_op):
+CHECK-NEXT: transform.loop.hoist_loop_invariant_subsets %[[L]]
+CHECK: transform.structured.vectorize_children_and_apply_patterns
+""")
+
+
+def test_flash_splits_the_running_max_of_full_key_tiles(filecheck) -> None:
+    # The interchanged max generic (the 4th of the decomposition) is marked; after cleanup
+    # the marked generics over a full 16 x 16 score tile are split into 4 partial maxima.
+    text = flash_library(Attention((2,), 64, 64, 64))
+    filecheck(text, """
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
+CHECK: %[[G:.*]]:10 = transform.split_handle
+CHECK: %[[MAX:.*]] = transform.structured.interchange %[[G]]#3 iterator_interchange = [0, 2, 1]
+CHECK: transform.annotate %[[MAX]] "tdkit.split_max"
+CHECK: transform.apply_cse
+CHECK: %[[FULL:.*]] = transform.structured.match ops{["linalg.generic"]} attributes {tdkit.split_max} filter_operand_types = [tensor<1x16x16xf32>, tensor<1x16xf32>]
+CHECK: transform.foreach %[[FULL]]
+CHECK: transform.structured.split_reduction %{{.*}} <split_factor = 4, insert_split_dimension = 1>
 CHECK: transform.structured.vectorize_children_and_apply_patterns
 """)
 
 
 @pytest.mark.parametrize(("problem", "knobs"), [
+    (Attention((2,), 64, 64, 64), {"max_split": 0}),                # off
+    (Attention((2,), 64, 64, 64), {"key_tile": 1, "rows": 16}),     # nothing to split
+    (Attention((2,), 64, 64, 64), {"layout": "rows", "rows": 8}),   # mlanes only
+])
+def test_flash_max_split_only_where_it_applies(problem, knobs) -> None:
+    text = flash_library(problem, **knobs)
+    assert "split_reduction" not in text
+    assert "tdkit.split_max" not in text
+
+
+def test_flash_max_split_is_capped_by_the_key_tile() -> None:
+    text = flash_library(Attention((2,), 64, 64, 64), key_tile=2)
+    assert "<split_factor = 2, insert_split_dimension = 1>" in text
+
+
+@pytest.mark.parametrize(("problem", "knobs"), [
     (Attention((2,), 64, 64, 64), {"value_tile": 0}),           # off
-    (Attention((2,), 64, 64, 16), {}),                          # N = value_tile: one tile
+    (Attention((2,), 64, 64, 8), {}),                           # N = value_tile: one tile
     (Attention((2,), 64, 64, 64), {"layout": "rows", "rows": 8}),  # mlanes only
 ])
 def test_flash_value_tiles_only_when_they_split_n(problem, knobs) -> None:
     text = flash_library(problem, **knobs)
     assert "transform.structured.fuse " not in text
-    assert "fold_tensor_subset_ops_into_vector_transfers" not in text
 
 
 def test_flash_library_for_any_payload_keeps_the_whole_accumulator() -> None:
@@ -385,11 +421,12 @@ def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
     fitted.check(Attention((1,), 5, 3, 16))
     assert attention_flash.fit(P64, FlashKnobs()) == FlashKnobs()
     wide = attention_flash.fit(Attention((2,), 64, 64, 128), FlashKnobs())
-    assert (wide.rows, wide.key_tile) == (32, 4)  # f32, head dim 128: measured best
+    assert (wide.rows, wide.key_tile, wide.value_tile) == (16, 8, 8)  # head dim 128: measured
     wide.check(Attention((2,), 64, 64, 128))
     half = Attention((2,), 64, 64, 128, dtype=DType.F16)
     assert attention_flash.fit(half, FlashKnobs()).key_tile == 8  # not measured: unchanged
-    assert attention_flash.fit(Attention((2,), 64, 64, 64, n=40), FlashKnobs()).value_tile == 0
+    assert attention_flash.fit(Attention((2,), 64, 64, 64, n=40), FlashKnobs()).value_tile == 8
+    assert attention_flash.fit(Attention((2,), 64, 64, 64, n=36), FlashKnobs()).value_tile == 0
     f16 = Attention((2,), 64, 64, 64, dtype=DType.F16)
     assert attention_flash.fit(f16, FlashKnobs()).value_tile == 0
 
