@@ -186,16 +186,18 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     """Fit the default knobs to a problem: rows and key_tile powers of two no larger than M and
     K2; key_tile 8 for head dims of 128 and more (measured 94 vs 79 GF/s at D = 128 against
-    16: the larger step spills the `N x rows` accumulator once per key); layout "rows" for
-    bf16; value_tile 0 when it does not divide N, and for f16."""
+    16: the larger step spills the `N x rows` accumulator once per key) and for bf16;
+    value_tile 0 when it does not divide N, and for f16."""
     rows, key_tile, layout = knobs.rows, knobs.key_tile, knobs.layout
     if max(problem.d, problem.value_dim) >= 128:
         key_tile = min(key_tile, 8)
-    if problem.dtype == DType.BF16 and layout == "mlanes":
+    if problem.dtype == DType.BF16:
         # mlanes converts every broadcast K / V element bf16 -> f32 on its own (a shift and a
-        # broadcast per FMA); "rows" converts whole K / V tiles once. Measured 8x1024x1024x64:
-        # 94 vs 73 GF/s. (f16 has vcvtph2ps with an embedded broadcast: mlanes stays ahead.)
-        layout, rows = "rows", min(rows, 8)
+        # broadcast per FMA), "rows" converts whole K / V tiles once: rows 8 x 16 used to win
+        # (94 vs 73 GF/s at 8x1024x1024x64). With the split max and vector value tiles,
+        # mlanes 16 x 8 x 8 runs 1.13x and 1.14x that rows default (two side-by-side runs,
+        # 9 rounds; 16 x 16 x 8: 0.68x, 16 x 4 x 8: 1.08x).
+        key_tile = min(key_tile, 8)
     while rows > problem.m and rows > 1:
         rows //= 2
     while key_tile > problem.k2 and key_tile > 1:

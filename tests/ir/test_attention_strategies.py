@@ -463,9 +463,10 @@ def test_families_are_registered() -> None:
     assert knobs.rows == 32 and knobs.exp2 is True
 
 
-def test_flash_fit_picks_the_rows_layout_for_bf16() -> None:
+def test_flash_fit_picks_8_keys_per_step_for_bf16() -> None:
     fitted = attention_flash.fit(Attention((8,), 1024, 1024, 64, dtype=DType.BF16), FlashKnobs())
-    assert (fitted.layout, fitted.rows, fitted.lowering) == ("rows", 8, "transform")
+    assert (fitted.layout, fitted.rows, fitted.key_tile, fitted.value_tile) == \
+        ("mlanes", 16, 8, 8)
     fitted.check(Attention((8,), 1024, 1024, 64, dtype=DType.BF16))
     f16 = attention_flash.fit(Attention((8,), 1024, 1024, 64, dtype=DType.F16), FlashKnobs())
     assert f16.layout == "mlanes"
