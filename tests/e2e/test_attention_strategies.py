@@ -160,6 +160,24 @@ def test_no_m_by_k2_buffer_or_vector_in_the_lowered_dispatch(problem: Attention,
     assert not offenders, f"M x K2-sized buffers/vectors in the lowered dispatch: {offenders}"
 
 
+@pytest.mark.parametrize("problem", [
+    Attention((8,), 256, 256, 64),
+    Attention((8,), 256, 256, 64, dtype=BF16),
+    Attention((2,), 128, 128, 64, causal=True),
+], ids=["f32", "bf16", "causal"])
+def test_flash_splits_the_running_max_in_the_dispatch(problem: Attention, tmp_path: Path) -> None:
+    # The split is guarded by operand types (only full key tiles): if the guard stopped
+    # matching, the chain of maxima would silently come back. 16 keys in one chain lower to
+    # 16 element-wise maxima per key step; 4 partial chains of 4 plus the combining 4 (and
+    # the split's own) are fewer.
+    def maxima(knobs: dict[str, str] | None) -> int:
+        text = strategy_ir(problem, "flash", knobs, form=None,
+                           cfg=HarnessConfig(artifacts=tmp_path / str(knobs)))
+        return text.count("arith.maximumf")
+
+    assert maxima(None) < maxima({"max_split": "0"})
+
+
 # --- Matchers before dispatch formation, on the IR a preprocessing spec really sees ----------
 
 PRE_MATCHERS = [

@@ -270,7 +270,9 @@ CHECK: %[[G:.*]]:10 = transform.split_handle
 CHECK: %[[MAX:.*]] = transform.structured.interchange %[[G]]#3 iterator_interchange = [0, 2, 1]
 CHECK: transform.annotate %[[MAX]] "tdkit.split_max"
 CHECK: transform.apply_cse
-CHECK: %[[FULL:.*]] = transform.structured.match ops{["linalg.generic"]} attributes {tdkit.split_max} filter_operand_types = [tensor<1x16x16xf32>, tensor<1x16xf32>]
+CHECK: %[[FULL:.*]] = transform.structured.match ops{["linalg.generic"]}
+CHECK-SAME: attributes {tdkit.split_max}
+CHECK-SAME: filter_operand_types = [tensor<1x16x16xf32>, tensor<1x16xf32>]
 CHECK: transform.foreach %[[FULL]]
 CHECK: transform.structured.split_reduction %{{.*}} <split_factor = 4, insert_split_dimension = 1>
 CHECK: transform.structured.vectorize_children_and_apply_patterns
