@@ -400,6 +400,7 @@ P64 = Attention((4,), 1024, 1024, 64)
     (FlashKnobs(key_tile=32), Attention((2,), 64, 20, 64), "key_tile \\(32\\) exceeds"),
     (FlashKnobs(), Attention((2,), 64, 64, 512), "head dims up to 256"),
     (FlashKnobs(value_tile=12), None, "value_tile must be 0 \\(off\\) or a power of two"),
+    (FlashKnobs(max_split=3), None, "max_split must be 0 \\(off\\) or a power of two"),
     (FlashKnobs(value_tile=32), Attention((2,), 64, 64, 64, n=48),
      "value_tile \\(32\\) must divide the value dim N = 48"),
 ])
