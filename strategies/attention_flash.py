@@ -364,10 +364,10 @@ def decompose(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None
         iree_ops.decompose_aggregate_op(attention)
         if knobs.layout == "mlanes":
             pieces = interchange_mlanes(key_loop, pred)
-            if max_split_factor(knobs):
-                mark_max(pieces[mlanes_pieces(pred).index("max")])
+            if splits_max(knobs):
+                mark_max(pieces["max"])
             if tiles_values(pred, knobs):
-                tile_values(pieces[-1], pred, knobs)
+                tile_values(pieces["pv"], pred, knobs)
         transform.YieldOp()
 
 
@@ -398,25 +398,20 @@ def mlanes_interchanges(pred: CodegenPredicate) -> dict[str, list[int]]:
     return perms
 
 
-def interchange_mlanes(key_loop: ir.Value, pred: CodegenPredicate) -> list[ir.Value]:
+def interchange_mlanes(key_loop: ir.Value, pred: CodegenPredicate) -> dict[str, ir.Value]:
     """Interchange the decomposed generics inside `key_loop` (see `mlanes_interchanges`), so
     that vectorization puts the query rows on the lanes: both matmuls become multiply +
     outer-dim reduction, i.e. FMAs of broadcast K / V elements with vectors of query rows,
     and the softmax reductions become element-wise across vectors. Fails unless the loop
-    holds exactly the generics `decomposed_generics` lists. Returns the interchanged ops."""
+    holds exactly the generics `decomposed_generics` lists. Returns the interchanged ops by
+    their `decomposed_generics` name."""
     names = decomposed_generics(pred)
     found = structured.MatchOp.match_op_names(key_loop, ["linalg.generic"]).result
     generics = transform.SplitHandleOp([_any()] * len(names), found,
                                        pass_through_empty_handle=False).results
     perms = mlanes_interchanges(pred)
-    return [structured.InterchangeOp(g, iterator_interchange=perms[name]).result
-            for name, g in zip(names, generics, strict=True) if name in perms]
-
-
-def mlanes_pieces(pred: CodegenPredicate) -> list[str]:
-    """The names of the generics `interchange_mlanes` returns, in its order."""
-    perms = mlanes_interchanges(pred)
-    return [name for name in decomposed_generics(pred) if name in perms]
+    return {name: structured.InterchangeOp(g, iterator_interchange=perms[name]).result
+            for name, g in zip(names, generics, strict=True) if name in perms}
 
 
 SPLIT_MAX_ATTR = "tdkit.split_max"
@@ -426,6 +421,11 @@ def max_split_factor(knobs: FlashKnobs) -> int:
     """The split factor of the running max: `max_split`, at most the key tile; 0 = none."""
     factor = min(knobs.max_split, knobs.key_tile)
     return factor if factor >= 2 else 0
+
+
+def splits_max(knobs: FlashKnobs) -> bool:
+    """Whether the running max is split (`split_maxima`): layout "mlanes" and a factor."""
+    return knobs.layout == "mlanes" and max_split_factor(knobs) > 0
 
 
 def mark_max(max_op: ir.Value) -> None:
@@ -651,7 +651,7 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         fuse_mask_padding(func, pred)
         decompose(func, pred, knobs)
         steps.cleanup(func)
-        if knobs.layout == "mlanes" and max_split_factor(knobs):
+        if splits_max(knobs):
             split_maxima(func, pred, knobs)
         func = vectorize(func, knobs, tiles_values(pred, knobs))
         func = bufferize(func)
