@@ -188,7 +188,7 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     K2; key_tile 8 for head dims of 128 and more (measured 94 vs 79 GF/s at D = 128 against
     16: the larger step spills the `N x rows` accumulator once per key) and for bf16;
     value_tile 0 when it does not divide N, and for f16."""
-    rows, key_tile, layout = knobs.rows, knobs.key_tile, knobs.layout
+    rows, key_tile = knobs.rows, knobs.key_tile
     if max(problem.d, problem.value_dim) >= 128:
         key_tile = min(key_tile, 8)
     if problem.dtype == DType.BF16:
@@ -213,7 +213,7 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     # vectors (`vectorize_key_loop_generics`), 16 x 8 x 8 matches that old 32 x 4 x 16 (10.7
     # vs 10.8 ms at 4x1024x1024x128, side by side) and 32 x 4 spills the whole accumulator
     # (23-28 ms), so the rows stay at 16.
-    return replace(knobs, rows=rows, key_tile=key_tile, layout=layout, value_tile=value_tile)
+    return replace(knobs, rows=rows, key_tile=key_tile, value_tile=value_tile)
 
 
 def space(problem: Any) -> dict[str, tuple[Any, ...]]:
