@@ -12,12 +12,14 @@ from tdkit.tools.errors import EXIT_BAD_INPUT, ToolError
 from tdkit.tools.toolchain import (
     NO_THREADING,
     CompileOptions,
+    RunOptions,
     compile_argv,
     compile_module,
     find_tool,
     library_flags,
     run_module,
     run_process,
+    thread_flags,
 )
 
 
@@ -115,3 +117,27 @@ def test_library_flags_come_from_the_module_attribute() -> None:
     assert library_flags(text) == ("--a=1", "--b")
     assert library_flags("module attributes {transform.with_named_sequence} {\n}\n") == ()
     assert library_flags(None) == ()
+
+
+def test_thread_flags_set_local_task_workers_only() -> None:
+    assert thread_flags(RunOptions()) == []
+    assert thread_flags(RunOptions(threads=1)) == ["--task_topology_group_count=1"]
+    assert thread_flags(RunOptions(device="local-sync", threads=1)) == []
+    assert thread_flags(RunOptions(device="cuda://0", threads=2)) == []
+
+
+def test_blas_threads_limits_openblas_inside_the_block_only() -> None:
+    from threadpoolctl import threadpool_info
+
+    from tdkit.tools.peers import blas_threads
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas()
+    assert before, "numpy has no BLAS thread pool to limit"
+    with blas_threads(1):
+        assert blas() == [1] * len(before)
+    assert blas() == before
+    with blas_threads(None):
+        assert blas() == before

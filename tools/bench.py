@@ -77,7 +77,8 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
         "time_ms": main["time_ms"], "min_ms": main["min_ms"], "gflops": main["gflops"],
         "gbps": main["gbps"], "default_time_ms": rows[registry.DEFAULT]["time_ms"],
         "speedup": main["speedup"], "builds": rows,
-        "timing": {"rounds": cfg.rounds, "repetitions": cfg.repetitions},
+        "timing": {"rounds": cfg.rounds, "repetitions": cfg.repetitions,
+                   "threads": cfg.threads},
     }
     if with_peers:
         out["peers"] = _peers(problem, cfg, main)
@@ -111,12 +112,13 @@ def _peers(problem: Any, cfg: HarnessConfig, main: dict[str, Any]) -> dict[str, 
                                 nbytes=problem.bytes, main_ms=ms)
         out["copy"]["strategy_fraction"] = main["gbps"] / out["copy"]["gbps"]
     if problem.kind == "attention":
-        t, flops = peers.sgemm_timing()
+        t, flops = peers.sgemm_timing(threads=cfg.threads)
         out["sgemm_2048"] = _peer_row(t, flops=flops, nbytes=0, main_ms=ms)
         out["sgemm_2048"]["strategy_fraction"] = main["gflops"] / out["sgemm_2048"]["gflops"]
-        out["numpy"] = _peer_row(peers.numpy_attention_timing(problem, cfg.seed),
+        out["numpy"] = _peer_row(peers.numpy_attention_timing(problem, cfg.seed,
+                                                              threads=cfg.threads),
                                  flops=problem.flops, nbytes=problem.bytes, main_ms=ms)
-        torch_t = peers.torch_sdpa_timing(problem, cfg.seed)
+        torch_t = peers.torch_sdpa_timing(problem, cfg.seed, threads=cfg.threads)
         if torch_t is not None:
             out["torch_sdpa"] = _peer_row(torch_t, flops=problem.flops, nbytes=problem.bytes,
                                           main_ms=ms)
@@ -129,7 +131,10 @@ def bench_table(record: dict[str, Any]) -> str:
     """A fixed-width table of one bench record: builds, then peers."""
     head = (f"{'build':<22} {'ms (median)':>11} {'min ms':>9} {'GFLOP/s':>8} {'GB/s':>7} "
             f"{'vs default':>10} {'max err':>9}  ok")
-    lines = [record["problem"] + f"  [{record['form']}]", head, "-" * len(head)]
+    threads = record.get("timing", {}).get("threads")
+    where = (f"  threads: {threads} (IREE workers, BLAS, torch)" if threads
+             else "  threads: each runtime's default")
+    lines = [record["problem"] + f"  [{record['form']}]" + where, head, "-" * len(head)]
     for name, r in record["builds"].items():
         lines.append(f"{name:<22} {r['time_ms']:>11.4f} {r['min_ms']:>9.4f} {r['gflops']:>8.1f} "
                      f"{r['gbps']:>7.1f} {r['speedup']:>9.2f}x {r['max_abs_err']:>9.2e}  "
@@ -141,7 +146,7 @@ def bench_table(record: dict[str, Any]) -> str:
         extra = ""
         if name == "stream":
             extra = (f"  strategy = {100 * record['fraction_of_copy']:.0f}% of this bandwidth "
-                     "(IREE -x over the same bytes, 2 threads, interleaved)")
+                     "(IREE -x over the same bytes and threads, interleaved)")
         if name == "copy":
             extra = (f"  strategy = {100 * r['strategy_fraction']:.0f}% of this bandwidth "
                      "(numpy memcpy, 1 thread)")

@@ -31,6 +31,19 @@ from tdkit.tools.toolchain import COMPILER_ENV, TARGETS, CompileOptions, target_
 KINDS = ("softmax", "attention")
 
 
+def _cpu_threads(text: str) -> int:
+    """argparse type: a thread count from 1 to this machine's CPU count."""
+    cpus = os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= cpus:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and this machine's "
+                                         f"{cpus} CPUs")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2."""
 
@@ -270,7 +283,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     strategies = [s for s in strategies if s != registry.DEFAULT]
     if not strategies:
         raise BadInputError(f"no tdkit strategy for {problem.kind} to benchmark")
-    cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions)
+    cfg = _config(args, rounds=args.rounds, repetitions=args.repetitions,
+                  threads=args.threads)
+    if args.threads is not None and cfg.compile.is_gpu:
+        raise BadInputError("--threads sets CPU threads; a GPU target times on the GPU")
     if args.memory:
         from tdkit.tools.memory import memory_bench, memory_table
 
@@ -424,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "one call, strategy vs IREE's default on the plain linalg chain")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
+    p.add_argument("--threads", type=_cpu_threads, help="CPU threads for every timed kernel: "
+                   "IREE's local-task workers, numpy's BLAS and torch (default: each one's "
+                   "own, one per core); 1 compares single-core kernels")
     p.set_defaults(fn=cmd_bench)
 
     p = _problem_command(sub, "tune", "search a strategy's knobs: every candidate verified, "

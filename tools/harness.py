@@ -48,6 +48,7 @@ class HarnessConfig:
     rounds: int = 3  # timing rounds; each round times the strategy then the default
     repetitions: int = 3  # iree-benchmark-module repetitions per round
     min_time_s: float = 0.05
+    threads: int | None = None  # CPU threads for timing (IREE workers, peers); None: defaults
     compile: CompileOptions = field(default_factory=CompileOptions)
 
     def root(self) -> Path:
@@ -220,7 +221,7 @@ def device_for(cfg: HarnessConfig) -> tuple[RunOptions, str]:
     a machine where `iree-run-module` finds no such device)."""
     opts = cfg.compile
     if not opts.is_gpu:
-        return RunOptions(), ""
+        return RunOptions(threads=cfg.threads), ""
     found = available_devices(opts.driver)
     if not found:
         return RunOptions(), (f"not run: no {opts.driver} device on this machine "

@@ -1,15 +1,18 @@
 """Reference points a benchmark compares against, timed in this process: a memory copy (the
 bandwidth ceiling), an OpenBLAS SGEMM (the compute ceiling), numpy attention, and torch's
-`scaled_dot_product_attention` when torch is installed (the optional `bench` extra)."""
+`scaled_dot_product_attention` when torch is installed (the optional `bench` extra). A thread
+count, when given, limits the BLAS peers (threadpoolctl) and torch alike."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from tdkit.tools.toolchain import Timing
 
@@ -44,13 +47,26 @@ def copy_timing(nbytes: int, repeats: int = 5) -> Timing:
     return time_callable(lambda: np.copyto(dst, src), repeats=repeats)
 
 
-def sgemm_timing(n: int = SGEMM_N, repeats: int = 5) -> tuple[Timing, float]:
-    """OpenBLAS (numpy) f32 n^3 matmul: the machine's practical compute ceiling.
-    Returns the timing and the FLOPs of one call."""
+@contextlib.contextmanager
+def blas_threads(threads: int | None) -> Iterator[None]:
+    """Limit numpy's BLAS (OpenBLAS) to `threads` threads inside the block; None: no limit."""
+    if threads is None:
+        yield
+        return
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
+
+
+def sgemm_timing(n: int = SGEMM_N, repeats: int = 5, threads: int | None = None
+                 ) -> tuple[Timing, float]:
+    """OpenBLAS (numpy) f32 n^3 matmul: the machine's practical compute ceiling (with
+    `threads` BLAS threads, or BLAS's default). Returns the timing and the FLOPs of one call."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    return time_callable(lambda: a @ b, repeats=repeats, min_time_s=0.2), 2.0 * n ** 3
+    with blas_threads(threads):
+        timing = time_callable(lambda: a @ b, repeats=repeats, min_time_s=0.2)
+    return timing, 2.0 * n ** 3
 
 
 def _attention_arrays(problem: Any, seed: int) -> tuple[np.ndarray, ...]:
@@ -58,8 +74,10 @@ def _attention_arrays(problem: Any, seed: int) -> tuple[np.ndarray, ...]:
     return tuple(x.astype(np.float32) for x in (q, k, v, *rest))
 
 
-def numpy_attention_timing(problem: Any, seed: int = 0, repeats: int = 3) -> Timing:
-    """Plain numpy f32 attention (materializes the M x K2 scores)."""
+def numpy_attention_timing(problem: Any, seed: int = 0, repeats: int = 3,
+                           threads: int | None = None) -> Timing:
+    """Plain numpy f32 attention (materializes the M x K2 scores), with `threads` BLAS
+    threads (or BLAS's default)."""
     q, k, v, *rest = _attention_arrays(problem, seed)
     mask = rest[0] if rest else None
     scale = np.float32(problem.effective_scale)
@@ -77,7 +95,8 @@ def numpy_attention_timing(problem: Any, seed: int = 0, repeats: int = 3) -> Tim
         s /= s.sum(axis=-1, keepdims=True)
         return s @ v
 
-    return time_callable(run, repeats=repeats)
+    with blas_threads(threads):
+        return time_callable(run, repeats=repeats)
 
 
 def torch_available() -> bool:
@@ -88,15 +107,15 @@ def torch_available() -> bool:
     return True
 
 
-def torch_sdpa_timing(problem: Any, seed: int = 0, repeats: int = 5) -> Timing | None:
-    """torch `scaled_dot_product_attention` on 4-D (B, H, S, D) inputs with 2 threads (torch
-    picks its flash kernel only for 4-D inputs); None when torch is not installed."""
+def torch_sdpa_timing(problem: Any, seed: int = 0, repeats: int = 5,
+                      threads: int | None = None) -> Timing | None:
+    """torch `scaled_dot_product_attention` on 4-D (B, H, S, D) inputs (torch picks its flash
+    kernel only for 4-D inputs) with `threads` threads (default `TORCH_THREADS`, the
+    machine's cores); None when torch is not installed."""
     if not torch_available():
         return None
     import torch
     import torch.nn.functional as F
-
-    torch.set_num_threads(TORCH_THREADS)
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[str(problem.dtype)]
     batch = problem.batch
     b, h = (1, batch[0]) if len(batch) == 1 else (math.prod(batch[:-1]), batch[-1])
@@ -118,4 +137,9 @@ def torch_sdpa_timing(problem: Any, seed: int = 0, repeats: int = 5) -> Timing |
                                                   is_causal=problem.causal and mask is None,
                                                   scale=scale)
 
-    return time_callable(run, repeats=repeats)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or TORCH_THREADS)
+    try:
+        return time_callable(run, repeats=repeats)
+    finally:
+        torch.set_num_threads(before)

@@ -415,6 +415,9 @@ class RunOptions:
     device: str = "local-task"
     function: str = "main"
     timeout_s: float = 300.0
+    # local-task worker threads for timing (`--task_topology_group_count`); None: IREE's own
+    # choice, one worker per physical core.
+    threads: int | None = None
 
 
 def run_module(vmfb: Path, inputs: list[np.ndarray],
@@ -480,6 +483,14 @@ class Timing:
         return min(self.samples_ms)
 
 
+def thread_flags(opts: RunOptions) -> list[str]:
+    """The runtime flags that give a local-task device `opts.threads` workers (none when
+    unset, or for another device)."""
+    if opts.threads is None or opts.device != "local-task":
+        return []
+    return [f"--task_topology_group_count={opts.threads}"]
+
+
 def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
                      repetitions: int = 5, min_time_s: float = 0.05, warmup_s: float = 0.05,
                      opts: RunOptions = RunOptions()) -> Timing:
@@ -488,8 +499,9 @@ def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [find_tool("iree-benchmark-module"), f"--device={opts.device}", f"--module={vmfb}",
             f"--function={opts.function}", *_input_flags(inputs, workdir),
-            f"--benchmark_repetitions={repetitions}", f"--benchmark_min_time={min_time_s}s",
-            f"--benchmark_min_warmup_time={warmup_s}", "--benchmark_format=json"]
+            *thread_flags(opts), f"--benchmark_repetitions={repetitions}",
+            f"--benchmark_min_time={min_time_s}s", f"--benchmark_min_warmup_time={warmup_s}",
+            "--benchmark_format=json"]
     proc = run_process(argv, timeout_s=opts.timeout_s, what="iree-benchmark-module")
     try:
         report = json.loads(proc.stdout)

@@ -55,6 +55,16 @@ def test_unsupported_dtype(capsys: pytest.CaptureFixture[str]) -> None:
                    "unsupported dtype")
 
 
+@pytest.mark.parametrize("threads", ["0", "-1", "many", "100000"])
+def test_bench_threads_out_of_range(capsys: pytest.CaptureFixture[str], threads: str) -> None:
+    """A usage error of argparse: exit 2 with one line, before anything compiles."""
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "attention", "--shape", "1x16x16x16", "--threads", threads])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument --threads" in err, err
+
+
 def test_unknown_problem_kind(capsys: pytest.CaptureFixture[str]) -> None:
     _fails_cleanly(capsys, ["run", "conv", "--shape", "8x8"], 2, "unknown problem")
 

@@ -63,6 +63,21 @@ def test_bench_json_has_side_by_side_rates(capsys: pytest.CaptureFixture[str]) -
     assert d["min_ms"] <= d["time_ms"]
 
 
+def test_bench_threads_reaches_every_timed_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    """--threads 1: IREE times with one local-task worker, the BLAS peers and torch with one
+    thread; the record and the table say so."""
+    rc, d = _json(capsys, ["bench", "attention", "--shape", "1x64x64x32", "--strategy",
+                           "flash", "--threads", "1", "--json", "--rounds", "1",
+                           "--repetitions", "1"])
+    assert rc == 0, d
+    assert d["timing"]["threads"] == 1
+    assert d["builds"]["flash"]["ok"] and d["builds"]["default"]["ok"]
+    for peer in ("sgemm_2048", "numpy"):
+        assert d["peers"][peer]["time_ms"] > 0, peer
+    from tdkit.tools.bench import bench_table
+    assert "threads: 1 (IREE workers, BLAS, torch)" in bench_table(d).splitlines()[0]
+
+
 def test_smoke_writes_junit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junit = tmp_path / "smoke.xml"
     rc = main(["smoke", "--quick", "--strategy", "default", "--junit", str(junit)])
