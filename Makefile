@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tdkit-installed
 
-.PHONY: demo test lint bench bench-softmax bench-attention bench-memory bench-tune bench-raise smoke-full clean
+.PHONY: demo test lint bench bench-softmax bench-attention bench-attention-1t bench-memory bench-tune bench-raise smoke-full clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "tdkit needs Python >= 3.11"'
@@ -28,7 +28,7 @@ lint: $(STAMP)
 ## Benchmarks (not tests). Softmax: strategy vs IREE's default and memory bandwidth.
 ## Attention: flash and config vs IREE's default, torch SDPA (bench extra), numpy, SGEMM;
 ## then peak memory of one call, flash vs the plain linalg chain.
-bench: bench-softmax bench-attention bench-memory bench-tune bench-raise
+bench: bench-softmax bench-attention bench-attention-1t bench-memory bench-tune bench-raise
 
 bench-softmax: $(STAMP)
 	$(BIN)/tdkit bench softmax --shape 512x1024 --rounds 7
@@ -42,6 +42,13 @@ bench-attention: $(STAMP)
 	$(BIN)/tdkit bench attention --shape 4x1024x1024x128
 	$(BIN)/tdkit bench attention --shape 8x1024x1024x64 --dtype bf16
 	$(BIN)/tdkit bench attention --shape 8x1024x1024x64 --dtype f16
+
+## The f32 attention shapes on one core each: IREE with one worker, torch and BLAS one thread.
+bench-attention-1t: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/tdkit bench attention --threads 1 --rounds 3 --shape 8x1024x1024x64
+	$(BIN)/tdkit bench attention --threads 1 --rounds 3 --shape 2x4096x4096x64
+	$(BIN)/tdkit bench attention --threads 1 --rounds 3 --shape 4x1024x1024x128
 
 bench-memory: $(STAMP)
 	$(BIN)/tdkit bench attention --memory --strategy flash --shape 1x16384x16384x64
