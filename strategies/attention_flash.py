@@ -185,11 +185,16 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
 
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     """Fit the default knobs to a problem: rows and key_tile powers of two no larger than M and
-    K2; key_tile 8 for head dims of 128 and more (measured 94 vs 79 GF/s at D = 128 against
-    16: the larger step spills the `N x rows` accumulator once per key) and for bf16;
-    value_tile 0 when it does not divide N, and for f16."""
+    K2; key_tile 8 for bf16, and for f16 with head dims of 128 and more; value_tile 0 when it
+    does not divide N, and for f16."""
     rows, key_tile = knobs.rows, knobs.key_tile
-    if max(problem.d, problem.value_dim) >= 128:
+    if max(problem.d, problem.value_dim) >= 128 and problem.dtype == DType.F16:
+        # 16 keys per step: 0.51x at 4x1024x1024x128 f16 (side by side, 5 rounds). f32 keeps
+        # 16: with the value tiles carried as vectors it measured 1.018x, 1.012x and 1.045x
+        # the old 8 at 4x1024x1024x128 and 1.077x at 2x1024x1024x128 (side by side, 10
+        # rounds each; minima 1.04-1.13x), 1.15x at 2x1024x1024x256; llvm-mca counts 296
+        # stack stores per 16 keys against 2 x 503 (it used to be 79 vs 94 GF/s, before the
+        # value tiles). bf16 keeps 8 below (16: 0.885x at D = 128).
         key_tile = min(key_tile, 8)
     if problem.dtype == DType.BF16:
         # mlanes converts every broadcast K / V element bf16 -> f32 on its own (a shift and a
