@@ -110,8 +110,8 @@ def torch_available() -> bool:
 def torch_sdpa_timing(problem: Any, seed: int = 0, repeats: int = 5,
                       threads: int | None = None) -> Timing | None:
     """torch `scaled_dot_product_attention` on 4-D (B, H, S, D) inputs (torch picks its flash
-    kernel only for 4-D inputs) with `threads` threads (default `TORCH_THREADS`, the
-    machine's cores); None when torch is not installed."""
+    kernel only for 4-D inputs) with `threads` threads (default `TORCH_THREADS` = 2, the
+    cores of tdkit's benchmark machines); None when torch is not installed."""
     if not torch_available():
         return None
     import torch
