@@ -28,11 +28,19 @@ from tdkit.tools.harness import (
 from tdkit.tools.toolchain import Timing
 
 
+def variant_label(strategy: str, knobs: dict[str, str]) -> str:
+    """The row name of a knob variant: `flash[key_tile=8,value_tile=16]`."""
+    return f"{strategy}[{','.join(f'{k}={v}' for k, v in knobs.items())}]"
+
+
 def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
-          form: str | None, cfg: HarnessConfig, with_peers: bool = True) -> dict[str, Any]:
+          form: str | None, cfg: HarnessConfig, with_peers: bool = True,
+          variants: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Compile and verify every strategy in `strategies` and IREE's default on `problem`, time
     them interleaved, then time the peers; returns one record. Top-level `strategy`, `time_ms`,
-    `default_time_ms` and `speedup` describe the first strategy."""
+    `default_time_ms` and `speedup` describe the first strategy. Each of `variants` (knobs on
+    top of `knobs`) adds a build of the first strategy, verified and timed in the same rounds;
+    its row's `vs_strategy` is the first strategy's time over its own."""
     form = resolve_form(problem, form)
     run_opts, not_run = device_for(cfg)
     if not_run:
@@ -51,11 +59,17 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
                   root / name, cfg, payload)
         execute(b, problem, inputs, expected, run_opts)
         builds.append(b)
+    for i, extra in enumerate(variants or []):
+        b = build(problem, form, names[0], {**(knobs or {}), **extra},
+                  root / f"{names[0]}-variant{i}", cfg, payload)
+        b.strategy = variant_label(names[0], extra)
+        execute(b, problem, inputs, expected, run_opts)
+        builds.append(b)
     timed = list(builds)
     if with_peers and problem.kind == "softmax":
         timed.append(_stream_build(problem, root / "stream", cfg))
     time_builds(timed, inputs, cfg, run_opts)
-    default = builds[-1]
+    default = builds[len(names) - 1]
     rows: dict[str, dict[str, Any]] = {}
     for b in builds:
         t = b.timing
@@ -68,6 +82,8 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
             "notes": b.notes,
         }
     main = rows[names[0]]
+    for b in builds[len(names):]:
+        rows[b.strategy]["vs_strategy"] = main["time_ms"] / rows[b.strategy]["time_ms"]
     out: dict[str, Any] = {
         "ok": all(r["ok"] and r["applied"] for n, r in rows.items() if n != registry.DEFAULT),
         "problem": problem.label, "kind": problem.kind, "form": form,
@@ -128,20 +144,23 @@ def _peers(problem: Any, cfg: HarnessConfig, main: dict[str, Any]) -> dict[str, 
 
 
 def bench_table(record: dict[str, Any]) -> str:
-    """A fixed-width table of one bench record: builds, then peers."""
-    head = (f"{'build':<22} {'ms (median)':>11} {'min ms':>9} {'GFLOP/s':>8} {'GB/s':>7} "
+    """A fixed-width table of one bench record: builds (and knob variants), then peers."""
+    w = max([22, *(len(n) for n in record["builds"])])
+    head = (f"{'build':<{w}} {'ms (median)':>11} {'min ms':>9} {'GFLOP/s':>8} {'GB/s':>7} "
             f"{'vs default':>10} {'max err':>9}  ok")
     threads = record.get("timing", {}).get("threads")
     where = (f"  threads: {threads} (IREE workers, BLAS, torch)" if threads
              else "  threads: each runtime's default")
     lines = [record["problem"] + f"  [{record['form']}]" + where, head, "-" * len(head)]
     for name, r in record["builds"].items():
-        lines.append(f"{name:<22} {r['time_ms']:>11.4f} {r['min_ms']:>9.4f} {r['gflops']:>8.1f} "
+        extra = (f"  {r['vs_strategy']:.3f}x {record['strategy']}'s speed"
+                 if "vs_strategy" in r else "")
+        lines.append(f"{name:<{w}} {r['time_ms']:>11.4f} {r['min_ms']:>9.4f} {r['gflops']:>8.1f} "
                      f"{r['gbps']:>7.1f} {r['speedup']:>9.2f}x {r['max_abs_err']:>9.2e}  "
-                     f"{'OK' if r['ok'] and r['applied'] else 'FAIL'}")
+                     f"{'OK' if r['ok'] and r['applied'] else 'FAIL'}{extra}")
     for name, r in record.get("peers", {}).items():
         if "skipped" in r:
-            lines.append(f"{name:<22} skipped: {r['skipped']}")
+            lines.append(f"{name:<{w}} skipped: {r['skipped']}")
             continue
         extra = ""
         if name == "stream":
@@ -154,6 +173,6 @@ def bench_table(record: dict[str, Any]) -> str:
             extra = f"  strategy = {100 * r['strategy_fraction']:.0f}% of the SGEMM rate"
         elif name in ("numpy", "torch_sdpa"):
             extra = f"  strategy is {r['ratio_vs_strategy']:.2f}x faster"
-        lines.append(f"{name:<22} {r['time_ms']:>11.4f} {r['min_ms']:>9.4f} {r['gflops']:>8.1f} "
+        lines.append(f"{name:<{w}} {r['time_ms']:>11.4f} {r['min_ms']:>9.4f} {r['gflops']:>8.1f} "
                      f"{r['gbps']:>7.1f} {'':>10} {'':>9}  {extra}")
     return "\n".join(lines)

@@ -131,6 +131,20 @@ def _knobs(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
+def _variants(args: argparse.Namespace) -> list[dict[str, str]]:
+    """`--variant NAME=VALUE[,NAME=VALUE...]` values as knob dicts (each on top of --knob)."""
+    out = []
+    for text in getattr(args, "variant", None) or []:
+        knobs = {}
+        for item in text.split(","):
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise BadInputError(f"bad --variant {text!r}: expected NAME=VALUE[,NAME=VALUE...]")
+            knobs[name.strip()] = value.strip()
+        out.append(knobs)
+    return out
+
+
 def _strategy(args: argparse.Namespace, kind: str) -> str:
     """The strategy asked for, or the first family for `kind` on the target (or default)."""
     target = _target(args)
@@ -287,15 +301,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   threads=args.threads)
     if args.threads is not None and cfg.compile.is_gpu:
         raise BadInputError("--threads sets CPU threads; a GPU target times on the GPU")
+    variants = _variants(args)
+    if variants and not args.strategy:
+        raise BadInputError("--variant sets knobs of one family: name it with --strategy")
+    for extra in variants:  # bad knobs fail before anything compiles
+        library_for(problem, strategies[0], {**_knobs(args), **extra}, _target(args))
     if args.memory:
         from tdkit.tools.memory import memory_bench, memory_table
 
         if problem.kind != "attention":
             raise BadInputError("--memory measures attention problems")
+        if variants:
+            raise BadInputError("--memory measures one build; --variant is for timing")
         m = memory_bench(problem, strategies[0], cfg)
         return _emit(m, args, memory_table(m))
     d = bench(problem, strategies, _knobs(args), form=args.form, cfg=cfg,
-              with_peers=not args.no_peers)
+              with_peers=not args.no_peers, variants=variants)
     return _emit(d, args, bench_table(d))
 
 
@@ -440,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "one call, strategy vs IREE's default on the plain linalg chain")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,...]",
+                   help="also time the strategy with these knobs (on top of --knob), "
+                   "verified and interleaved with the others (repeatable)")
     p.add_argument("--threads", type=_cpu_threads, help="CPU threads for every timed kernel: "
                    "IREE's local-task workers, numpy's BLAS and torch (default: each one's "
                    "own, one per core); 1 compares single-core kernels")

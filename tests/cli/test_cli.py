@@ -65,6 +65,18 @@ def test_bench_threads_out_of_range(capsys: pytest.CaptureFixture[str], threads:
     assert len(err.splitlines()) == 1 and "argument --threads" in err, err
 
 
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--variant", "key_tile=8"], "name it with --strategy"),
+    (["--strategy", "flash", "--variant", "key_tile"], "bad --variant"),
+    (["--strategy", "flash", "--variant", "bogus=1"], "unknown knob 'bogus'"),
+    (["--strategy", "flash", "--variant", "key_tile=24"], "key_tile must be a power of two"),
+])
+def test_bench_bad_variant(capsys: pytest.CaptureFixture[str], argv: list[str],
+                           needle: str) -> None:
+    _fails_cleanly(capsys, ["bench", "attention", "--shape", "1x16x16x16", "--no-peers",
+                            *argv], 2, needle)
+
+
 def test_unknown_problem_kind(capsys: pytest.CaptureFixture[str]) -> None:
     _fails_cleanly(capsys, ["run", "conv", "--shape", "8x8"], 2, "unknown problem")
 

@@ -78,6 +78,31 @@ def test_bench_threads_reaches_every_timed_kernel(capsys: pytest.CaptureFixture[
     assert "threads: 1 (IREE workers, BLAS, torch)" in bench_table(d).splitlines()[0]
 
 
+def test_bench_variants_are_verified_and_timed_side_by_side(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each --variant is one more verified build of the strategy, in the same rounds, with
+    its speed relative to the strategy's own knobs."""
+    rc, d = _json(capsys, ["bench", "attention", "--shape", "2x64x64x32", "--strategy",
+                           "flash", "--knob", "value_tile=0", "--variant", "key_tile=8",
+                           "--variant", "key_tile=8,max_split=0", "--json", "--no-peers",
+                           "--rounds", "1", "--repetitions", "1"])
+    assert rc == 0, d
+    rows = d["builds"]
+    assert list(rows) == ["flash", "default", "flash[key_tile=8]",
+                          "flash[key_tile=8,max_split=0]"]
+    for name in ("flash[key_tile=8]", "flash[key_tile=8,max_split=0]"):
+        r = rows[name]
+        assert r["ok"] and r["applied"] and r["max_abs_err"] < 2e-5, name
+        assert r["vs_strategy"] == pytest.approx(rows["flash"]["time_ms"] / r["time_ms"])
+        assert r["speedup"] == pytest.approx(rows["default"]["time_ms"] / r["time_ms"])
+    # The variants' libraries carry their knobs on top of --knob.
+    lib = Path(rows["flash[key_tile=8,max_split=0]"]["artifacts"]) / "strategy.mlir"
+    assert "tile_sizes [0, 0, 0, 8, 0]" in lib.read_text()
+    assert "split_reduction" not in lib.read_text()
+    assert "split_reduction" in (Path(rows["flash[key_tile=8]"]["artifacts"])
+                                 / "strategy.mlir").read_text()
+
+
 def test_smoke_writes_junit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junit = tmp_path / "smoke.xml"
     rc = main(["smoke", "--quick", "--strategy", "default", "--junit", str(junit)])
