@@ -192,7 +192,9 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
         # 16 keys per step: 0.51x at 4x1024x1024x128 f16 (side by side, 5 rounds). f32 keeps
         # 16: with the value tiles carried as vectors it measured 1.018x, 1.012x and 1.045x
         # the old 8 at 4x1024x1024x128 and 1.077x at 2x1024x1024x128 (side by side, 10
-        # rounds each; minima 1.04-1.13x), 1.15x at 2x1024x1024x256; llvm-mca counts 296
+        # rounds each; minima 1.04-1.13x), 1.15x at 2x1024x1024x256, and on one core
+        # (`bench --threads 1 --variant`, both orders, 6 rounds) 1.082x and 1.088x at
+        # 4x1024x1024x128, where two-worker medians are noisier; llvm-mca counts 296
         # stack stores per 16 keys against 2 x 503 (it used to be 79 vs 94 GF/s, before the
         # value tiles). bf16 keeps 8 below (16: 0.885x at D = 128).
         key_tile = min(key_tile, 8)
