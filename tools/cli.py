@@ -121,28 +121,24 @@ def _problem(args: argparse.Namespace) -> Any:
         raise BadInputError(str(err)) from None
 
 
-def _knobs(args: argparse.Namespace) -> dict[str, str]:
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    """`NAME=VALUE` items as a dict; BadInputError naming `flag` for a malformed one."""
     out = {}
-    for item in args.knob:
+    for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise BadInputError(f"bad --knob {item!r}: expected NAME=VALUE")
+        if not sep or not name.strip():
+            raise BadInputError(f"bad {flag} {item!r}: expected NAME=VALUE")
         out[name.strip()] = value.strip()
     return out
 
 
+def _knobs(args: argparse.Namespace) -> dict[str, str]:
+    return _pairs(args.knob, "--knob")
+
+
 def _variants(args: argparse.Namespace) -> list[dict[str, str]]:
     """`--variant NAME=VALUE[,NAME=VALUE...]` values as knob dicts (each on top of --knob)."""
-    out = []
-    for text in getattr(args, "variant", None) or []:
-        knobs = {}
-        for item in text.split(","):
-            name, sep, value = item.partition("=")
-            if not sep or not name.strip():
-                raise BadInputError(f"bad --variant {text!r}: expected NAME=VALUE[,NAME=VALUE...]")
-            knobs[name.strip()] = value.strip()
-        out.append(knobs)
-    return out
+    return [_pairs(text.split(","), "--variant") for text in getattr(args, "variant", None) or []]
 
 
 def _strategy(args: argparse.Namespace, kind: str) -> str:
