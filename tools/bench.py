@@ -53,23 +53,24 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
     inputs = problem.make_inputs(cfg.seed)
     expected = problem.reference(inputs)
     names = [*strategies, registry.DEFAULT]
-    builds = []
-    for name in names:
-        b = build(problem, form, name, knobs if name != registry.DEFAULT else None,
-                  root / name, cfg, payload)
+
+    def checked(name: str, build_knobs: dict[str, str] | None, out_dir: str) -> Build:
+        b = build(problem, form, name, build_knobs, root / out_dir, cfg, payload)
         execute(b, problem, inputs, expected, run_opts)
-        builds.append(b)
+        return b
+
+    builds = [checked(n, knobs if n != registry.DEFAULT else None, n) for n in names]
+    default = builds[-1]
+    variant_builds = []
     for i, extra in enumerate(variants or []):
-        b = build(problem, form, names[0], {**(knobs or {}), **extra},
-                  root / f"{names[0]}-variant{i}", cfg, payload)
+        b = checked(names[0], {**(knobs or {}), **extra}, f"{names[0]}-variant{i}")
         b.strategy = variant_label(names[0], extra)
-        execute(b, problem, inputs, expected, run_opts)
-        builds.append(b)
+        variant_builds.append(b)
+    builds += variant_builds
     timed = list(builds)
     if with_peers and problem.kind == "softmax":
         timed.append(_stream_build(problem, root / "stream", cfg))
     time_builds(timed, inputs, cfg, run_opts)
-    default = builds[len(names) - 1]
     rows: dict[str, dict[str, Any]] = {}
     for b in builds:
         t = b.timing
@@ -82,7 +83,7 @@ def bench(problem: Any, strategies: list[str], knobs: dict[str, str] | None, *,
             "notes": b.notes,
         }
     main = rows[names[0]]
-    for b in builds[len(names):]:
+    for b in variant_builds:
         rows[b.strategy]["vs_strategy"] = main["time_ms"] / rows[b.strategy]["time_ms"]
     out: dict[str, Any] = {
         "ok": all(r["ok"] and r["applied"] for n, r in rows.items() if n != registry.DEFAULT),
