@@ -112,6 +112,10 @@ class FlashKnobs:
         last Q·Kᵀ FMA and the first exp shrinks from key_tile to key_tile / max_split +
         max_split steps. 0 = off, else a power of two; a key tile smaller than it is split
         into single keys (`max_split_factor`), and a peeled remainder tile is not split.
+      outer_products: with layout "mlanes", emit Q·Kᵀ one head-dim element at a time and P·V
+        one key at a time (`unroll_matmuls`), each a rank-1 update of a register block, in
+        that order; with rows = 32 each broadcast K / V element then feeds two FMAs. The
+        library asks LLVM to keep that order (`KEEP_ORDER_FLAGS`).
     """
 
     rows: int = 16
@@ -121,6 +125,7 @@ class FlashKnobs:
     exp2: bool = False
     value_tile: int = 8
     max_split: int = 4
+    outer_products: bool = False
 
     def check(self, problem: Any = None) -> None:
         """Raise KnobError with one sentence for knob values, or combinations with the
@@ -135,6 +140,8 @@ class FlashKnobs:
                 f"lowering must be one of {', '.join(LOWERINGS)}, got {self.lowering!r}")
         require(not (self.layout == "mlanes" and self.lowering == "iree"),
                 "layout mlanes needs lowering=transform (IREE's passes reduce horizontally)")
+        require(isinstance(self.outer_products, bool),
+                f"outer_products must be true or false, got {self.outer_products!r}")
         require(isinstance(self.value_tile, int) and not isinstance(self.value_tile, bool)
                 and (self.value_tile == 0 or _is_pow2(self.value_tile)),
                 f"value_tile must be 0 (off) or a power of two, got {self.value_tile!r}")
@@ -175,6 +182,8 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
     """Bytes of stack LLVM gives the kernel, fitted to frames measured with IREE 3.13
     (`subq $N, %rsp` in the dispatch's assembly) for head dims 64-256."""
     rows, kt, d = knobs.rows, knobs.key_tile, max(head_dim, 64)
+    if unrolls_matmuls(knobs):  # the scaled Q tile and the accumulator on the stack
+        return 12 * rows * d + 2048
     if knobs.layout == "rows":  # grows with the key tile up to 16, then slowly
         return rows * (d // 64) * (320 * min(kt, 16) + 30 * max(kt - 16, 0))
     if rows == 16:  # one register of query rows: spills grow with the head dim only
@@ -184,9 +193,10 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
 
 
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
-    """Fit the default knobs to a problem: rows and key_tile powers of two no larger than M and
-    K2; key_tile 8 for bf16, and for f16 with head dims of 128 and more; value_tile 0 when it
-    does not divide N, and for f16."""
+    """Fit the default knobs to a problem. f32 with M >= 32, K2 >= 8, 4 | N and head dims up to
+    128: 32 rows x 8 keys, value tiles of 4, max_split 2, `outer_products`. Otherwise rows and
+    key_tile powers of two no larger than M and K2; key_tile 8 for bf16, and for f16 with head
+    dims of 128 and more; value_tile 0 when it does not divide N, and for f16."""
     rows, key_tile = knobs.rows, knobs.key_tile
     if max(problem.d, problem.value_dim) >= 128 and problem.dtype == DType.F16:
         # 16 keys per step: 0.51x at 4x1024x1024x128 f16 (side by side, 5 rounds). f32 keeps
@@ -220,7 +230,18 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     # vectors (`vectorize_key_loop_generics`), 16 x 8 x 8 matches that old 32 x 4 x 16 (10.7
     # vs 10.8 ms at 4x1024x1024x128, side by side) and 32 x 4 spills the whole accumulator
     # (23-28 ms), so the rows stay at 16.
-    return replace(knobs, rows=rows, key_tile=key_tile, value_tile=value_tile)
+    fitted = replace(knobs, rows=rows, key_tile=key_tile, value_tile=value_tile)
+    blocked = replace(fitted, rows=32, key_tile=8, value_tile=4, max_split=2,
+                      outer_products=True)
+    if (problem.dtype == DType.F32 and problem.m >= 32 and problem.k2 >= 8
+            and problem.value_dim % 4 == 0 and max(problem.d, problem.value_dim) <= 128):
+        # Register blocks of 32 query rows (two vectors per broadcast K / V element) x 8 keys,
+        # the matmuls unrolled as rank-1 updates (`outer_products`), value tiles of 4: side
+        # by side (5 rounds, two threads) 1.116x, 1.153x and 1.155x the 16 x 16 x 8 blocks
+        # at 8x1024x1024x64, 2x4096x4096x64 and 4x1024x1024x128; on one core 1.058x and
+        # 1.109x (8x1024x1024x64, 4x1024x1024x128). max_split 2 over 4: 1.01-1.13x.
+        return blocked
+    return fitted
 
 
 def space(problem: Any) -> dict[str, tuple[Any, ...]]:
@@ -373,6 +394,9 @@ def decompose(func: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> None
             pieces = interchange_mlanes(key_loop, pred)
             if splits_max(knobs):
                 mark_max(pieces["max"])
+            if unrolls_matmuls(knobs):
+                for name in ("qk", "pv"):
+                    iree_ops.annotate(pieces[name], OUTER_PRODUCTS_ATTR, ir.UnitAttr.get())
             if tiles_values(pred, knobs):
                 tile_values(pieces["pv"], pred, knobs)
         transform.YieldOp()
@@ -422,6 +446,33 @@ def interchange_mlanes(key_loop: ir.Value, pred: CodegenPredicate) -> dict[str, 
 
 
 SPLIT_MAX_ATTR = "tdkit.split_max"
+OUTER_PRODUCTS_ATTR = "tdkit.outer_products"
+
+
+def unrolls_matmuls(knobs: FlashKnobs) -> bool:
+    """Whether the matmuls are unrolled into rank-1 updates: `outer_products` and layout
+    "mlanes" (like `value_tile` and `max_split`, the knob does nothing with layout "rows")."""
+    return knobs.outer_products and knobs.layout == "mlanes"
+
+
+def unroll_matmuls(func: ir.Value, pred: CodegenPredicate) -> None:
+    """Unroll the reduction of every marked matmul, Q·Kᵀ `(b, k1, k2, m)` over the head dim
+    and P·V `(b, k2, n, m)` over the keys (after the value tiles were split off), into
+    rank-1 updates (`tile_using_for` by 1, then a full unroll): the vectorized key step is
+    then a sequence of `key_tile x rows` (Q·Kᵀ) and `value_tile x rows` (P·V) register-block
+    updates, each a broadcast K / V element times query-row vectors, in reduction order.
+    Left whole, each matmul vectorizes to one `D x key_tile x rows` multiply followed by the
+    adds, and LLVM's scheduling of that (or, with 32 rows, of the two halves of every
+    vector) spilled products and broadcasts: 3994 stack stores per step at rows 32 x 8 keys
+    x head dim 128, against 560 unrolled."""
+    marked = structured.MatchOp(_any(), func, ops=["linalg.generic"],
+                                op_attrs={OUTER_PRODUCTS_ATTR: ir.UnitAttr.get()}).result
+    each = transform.ForeachOp([], [marked])
+    with ir.InsertionPoint(each.body):
+        sizes = ([0] if pred.batched else []) + [1, 0, 0]
+        tiled = structured.TileUsingForOp(each.body.arguments[0], sizes=sizes)
+        loop.LoopUnrollFullOp(tiled.loops[0])
+        transform.YieldOp()
 
 
 def max_split_factor(knobs: FlashKnobs) -> int:
@@ -660,6 +711,8 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         steps.cleanup(func)
         if splits_max(knobs):
             split_maxima(func, pred, knobs)
+        if unrolls_matmuls(knobs):
+            unroll_matmuls(func, pred)
         func = vectorize(func, knobs, tiles_values(pred, knobs))
         func = bufferize(func)
         func = lower_vectors(func, knobs)
@@ -673,6 +726,30 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
 # With it, IREE clones an attention mask's generator into the attention dispatch
 # (`isAttentionMaskGenerator` in IREE's dispatch formation); at its default -O0 it does not.
 AGGRESSIVE_FUSION = ("--iree-dispatch-creation-enable-aggressive-fusion",)
+# LLVM's machine scheduler, given a key step of unrolled rank-1 updates (`outer_products`),
+# regroups them by accumulator across the whole step and spills: with rows 32 x 8 keys x
+# value_tile 4 at 4x1024x1024x128 f32 the step ran 0.24x as fast as with the scheduler off.
+KEEP_ORDER_FLAGS = ("--enable-misched=false",)
+# IREE's default limit on a dispatch's static stack allocations (`memref.alloca`), bytes.
+IREE_STACK_ALLOCATION_LIMIT = 32 * 1024
+
+
+def stack_allocations(knobs: FlashKnobs, head_dim: int, value_dim: int) -> int:
+    """Bytes of `memref.alloca` the kernel asks for, roughly: the scaled, transposed query
+    tile and the accumulator tile (rows x (D + N) f32), plus the statistics."""
+    return knobs.rows * (head_dim + value_dim) * 4 + 4096
+
+
+def llvm_flags(knobs: FlashKnobs, pred: CodegenPredicate) -> tuple[str, ...]:
+    """iree-compile flags the kernel needs: `KEEP_ORDER_FLAGS` with `outer_products`, and a
+    higher stack-allocation limit when its tiles need more than IREE's default (rows 32 at head
+    dim 128: 33920 bytes)."""
+    flags = KEEP_ORDER_FLAGS if unrolls_matmuls(knobs) else ()
+    need = stack_allocations(knobs, pred.head_dim or 64, pred.value_dim or pred.head_dim or 64)
+    if need > IREE_STACK_ALLOCATION_LIMIT:
+        limit = 1 << (need - 1).bit_length()  # IREE takes powers of two only
+        flags += (f"--iree-llvmcpu-stack-allocation-limit={limit}",)
+    return flags
 
 
 def spec_name(pred: CodegenPredicate) -> str:
@@ -728,7 +805,7 @@ def library_entries(problem: Any, knobs: FlashKnobs, *, exact: bool = False,
     in a dispatch of its own, and `fuse_mask_padding` computes it tile by tile."""
     flags = AGGRESSIVE_FUSION if (problem is not None and mask is None
                                   and problem_mask(problem) == CODEGEN_MASK_BOOL) else ()
-    return [library_entry(knobs, p, flags)
+    return [library_entry(knobs, p, flags + llvm_flags(knobs, p))
             for p in predicates_for(problem, exact=exact, mask=mask)]
 
 

@@ -403,6 +403,10 @@ P64 = Attention((4,), 1024, 1024, 64)
     (FlashKnobs(max_split=3), None, "max_split must be 0 \\(off\\) or a power of two"),
     (FlashKnobs(value_tile=32), Attention((2,), 64, 64, 64, n=48),
      "value_tile \\(32\\) must divide the value dim N = 48"),
+    (FlashKnobs(outer_products="yes"), None, "outer_products must be true or false"),
+    # Unrolled, 32 rows keep the scaled Q tile and the accumulator on the stack: 100 KiB.
+    (FlashKnobs(rows=32, key_tile=8, outer_products=True), Attention((2,), 64, 64, 256),
+     "KiB of stack"),
 ])
 def test_flash_check_rejects(knobs: FlashKnobs, problem, message: str) -> None:
     with pytest.raises(KnobError, match=message):
@@ -422,18 +426,87 @@ def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
     fitted = attention_flash.fit(Attention((1,), 5, 3, 16), FlashKnobs())
     assert (fitted.rows, fitted.key_tile) == (4, 2)
     fitted.check(Attention((1,), 5, 3, 16))
-    assert attention_flash.fit(P64, FlashKnobs()) == FlashKnobs()
-    wide = attention_flash.fit(Attention((2,), 64, 64, 128), FlashKnobs())
+    # Fewer than 32 query rows: 16 x 16 blocks, value tiles of 8 where 8 divides N.
+    assert attention_flash.fit(Attention((2,), 16, 64, 64), FlashKnobs()) == FlashKnobs()
+    wide = attention_flash.fit(Attention((2,), 16, 64, 128), FlashKnobs())
     assert (wide.rows, wide.key_tile, wide.value_tile) == (16, 16, 8)  # head dim 128: measured
-    wide.check(Attention((2,), 64, 64, 128))
+    wide.check(Attention((2,), 16, 64, 128))
     half = Attention((2,), 64, 64, 128, dtype=DType.F16)
     assert attention_flash.fit(half, FlashKnobs()).key_tile == 8  # measured: 16 is 0.51x
     bf = Attention((2,), 64, 64, 128, dtype=DType.BF16)
     assert attention_flash.fit(bf, FlashKnobs()).key_tile == 8
-    assert attention_flash.fit(Attention((2,), 64, 64, 64, n=40), FlashKnobs()).value_tile == 8
-    assert attention_flash.fit(Attention((2,), 64, 64, 64, n=36), FlashKnobs()).value_tile == 0
+    assert attention_flash.fit(Attention((2,), 16, 64, 64, n=40), FlashKnobs()).value_tile == 8
+    assert attention_flash.fit(Attention((2,), 16, 64, 64, n=36), FlashKnobs()).value_tile == 0
     f16 = Attention((2,), 64, 64, 64, dtype=DType.F16)
     assert attention_flash.fit(f16, FlashKnobs()).value_tile == 0
+
+
+BLOCKED = FlashKnobs(rows=32, key_tile=8, value_tile=4, max_split=2, outer_products=True)
+
+
+@pytest.mark.parametrize("problem", [
+    P64, Attention((2,), 64, 64, 128), Attention((2,), 100, 300, 40, n=80),
+    Attention((2,), 32, 8, 64, causal=True),
+])
+def test_flash_fit_picks_32_row_outer_product_blocks_for_f32(problem) -> None:
+    fitted = attention_flash.fit(problem, FlashKnobs())
+    assert fitted == BLOCKED
+    fitted.check(problem)
+
+
+@pytest.mark.parametrize("problem", [
+    Attention((2,), 16, 64, 64),                     # fewer than 32 query rows
+    Attention((2,), 64, 4, 64),                      # fewer than 8 keys
+    Attention((2,), 64, 64, 64, n=38),               # 4 does not divide N
+    Attention((2,), 64, 64, 256),                    # head dim above 128: the stack
+    Attention((2,), 64, 64, 64, dtype=DType.F16),
+    Attention((2,), 64, 64, 64, dtype=DType.BF16),
+])
+def test_flash_fit_keeps_16_row_blocks_elsewhere(problem) -> None:
+    fitted = attention_flash.fit(problem, FlashKnobs())
+    assert not fitted.outer_products and fitted.rows <= 16
+    fitted.check(problem)
+
+
+def test_flash_outer_products_unroll_both_matmuls(filecheck) -> None:
+    # Q·Kᵀ (b, k1, k2, m) and P·V (b, k2, n, m) are marked after the interchange, then each
+    # marked generic (P·V once per value tile) has its reduction tiled by 1 and unrolled; the
+    # library asks LLVM to keep that order and, for 32 rows at head dim 128, for 64 KiB of
+    # stack allocations.
+    text = flash_library(Attention((2,), 64, 64, 128), rows=32, key_tile=8, value_tile=4,
+                         max_split=2, outer_products=True)
+    filecheck(text, """
+CHECK: tdkit.compile_flags = ["--enable-misched=false",
+CHECK-SAME: "--iree-llvmcpu-stack-allocation-limit=65536"]
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
+CHECK: %[[G:.*]]:10 = transform.split_handle
+CHECK: %[[QK:.*]] = transform.structured.interchange %[[G]]#1 iterator_interchange = [0, 2, 3, 1]
+CHECK: %[[PV:.*]] = transform.structured.interchange %[[G]]#9 iterator_interchange = [0, 2, 3, 1]
+CHECK: transform.annotate %[[QK]] "tdkit.outer_products"
+CHECK: transform.annotate %[[PV]] "tdkit.outer_products"
+CHECK: transform.structured.fuse %[[PV]] tile_sizes [0, 0, 4, 0]
+CHECK: transform.structured.split_reduction
+CHECK: %[[MARKED:.*]] = transform.structured.match ops{["linalg.generic"]}
+CHECK-SAME: attributes {tdkit.outer_products}
+CHECK: transform.foreach %[[MARKED]]
+CHECK: %{{.*}}, %[[LOOP:.*]] = transform.structured.tile_using_for %{{.*}} tile_sizes [0, 1, 0, 0]
+CHECK-NEXT: transform.loop.unroll_full %[[LOOP]]
+CHECK: transform.structured.vectorize_children_and_apply_patterns
+""")
+    plain = flash_library(Attention((2,), 64, 64, 64))
+    assert "outer_products" not in plain and "compile_flags" not in plain
+
+
+def test_flash_stack_allocation_limit_is_a_power_of_two() -> None:
+    pred = attention_flash.predicates_for(Attention((2,), 64, 64, 128))[0]
+    assert attention_flash.llvm_flags(BLOCKED, pred) == (
+        "--enable-misched=false", "--iree-llvmcpu-stack-allocation-limit=65536")
+    pred64 = attention_flash.predicates_for(P64)[0]
+    assert attention_flash.llvm_flags(BLOCKED, pred64) == ("--enable-misched=false",)
+    assert attention_flash.llvm_flags(FlashKnobs(), pred) == ()
+    # A "rows" layout ignores outer_products, as it ignores value_tile and max_split.
+    rows_layout = FlashKnobs(layout="rows", lowering="iree", rows=8, outer_products=True)
+    assert attention_flash.llvm_flags(rows_layout, pred64) == ()
 
 
 @pytest.mark.parametrize(("knobs", "problem", "message"), [
