@@ -192,9 +192,14 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
     return (d // 64) * (rows * 700 + rows * kt * per_score)
 
 
+# Scores (batch x M x K2) of a call from which `fit` picks the outer-product blocks: 4x1024x1024.
+OUTER_PRODUCTS_MIN_SCORES = 1 << 22
+
+
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
-    """Fit the default knobs to a problem. f32 with M >= 32, K2 >= 8, 4 | N and head dims up to
-    128: 32 rows x 8 keys, value tiles of 4, max_split 2, `outer_products`. Otherwise rows and
+    """Fit the default knobs to a problem. f32 with M >= 32, K2 >= 8, 4 | N, head dims up to
+    128 and at least `OUTER_PRODUCTS_MIN_SCORES` scores: 32 rows x 8 keys, value tiles of 4,
+    max_split 2, `outer_products`. Otherwise rows and
     key_tile powers of two no larger than M and K2; key_tile 8 for bf16, and for f16 with head
     dims of 128 and more; value_tile 0 when it does not divide N, and for f16."""
     rows, key_tile = knobs.rows, knobs.key_tile
@@ -234,12 +239,15 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     blocked = replace(fitted, rows=32, key_tile=8, value_tile=4, max_split=2,
                       outer_products=True)
     if (problem.dtype == DType.F32 and problem.m >= 32 and problem.k2 >= 8
-            and problem.value_dim % 4 == 0 and max(problem.d, problem.value_dim) <= 128):
+            and problem.value_dim % 4 == 0 and max(problem.d, problem.value_dim) <= 128
+            and problem.batch_size * problem.m * problem.k2 >= OUTER_PRODUCTS_MIN_SCORES):
         # Register blocks of 32 query rows (two vectors per broadcast K / V element) x 8 keys,
         # the matmuls unrolled as rank-1 updates (`outer_products`), value tiles of 4: side
         # by side (5 rounds, two threads) 1.116x, 1.153x and 1.155x the 16 x 16 x 8 blocks
         # at 8x1024x1024x64, 2x4096x4096x64 and 4x1024x1024x128; on one core 1.058x and
-        # 1.109x (8x1024x1024x64, 4x1024x1024x128). max_split 2 over 4: 1.01-1.13x.
+        # 1.109x (8x1024x1024x64, 4x1024x1024x128). max_split 2 over 4: 1.01-1.13x. They
+        # cost compile time (LLVM: about 20 s instead of 5 per dispatch), so smaller calls,
+        # where 10% is little time, keep the 16-row blocks.
         return blocked
     return fitted
 
@@ -259,7 +267,8 @@ def space(problem: Any) -> dict[str, tuple[Any, ...]]:
         "lowering": LOWERINGS,
         "exp2": (False, True),
         "value_tile": (0, 8, 16, 32),
-        "max_split": (0, 4),
+        "max_split": (0, 2, 4),
+        "outer_products": (False, True),
     }
 
 

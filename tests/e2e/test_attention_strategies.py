@@ -29,6 +29,11 @@ from tdkit.tools.toolchain import CompileOptions, compile_module, run_module
 
 F32, F16, BF16 = DType.F32, DType.F16, DType.BF16
 
+# The outer-product register blocks `fit` picks for large f32 calls (`OUTER_PRODUCTS_MIN_SCORES`),
+# set explicitly here so that small problems exercise them.
+BLOCKED = {"outer_products": "true", "rows": "32", "key_tile": "8", "value_tile": "4",
+           "max_split": "2"}
+
 # (problem, strategy, knobs)
 CASES = [
     (Attention((2,), 100, 300, 64), "flash", None),                  # M != K2, both partial
@@ -47,6 +52,9 @@ CASES = [
     (Attention((1,), 5, 3, 16), "flash", None),                      # tiles fitted to 4 x 2
     (Attention((2,), 100, 300, 64, mask=True), "flash",
      {"layout": "rows", "lowering": "iree", "rows": "8"}),
+    (Attention((2,), 100, 300, 64, mask=True), "flash", BLOCKED),     # partial M and K2 tiles
+    (Attention((2, 2), 77, 120, 40, n=80, causal=True), "flash", BLOCKED),
+    (Attention((1,), 197, 100, 128), "flash", BLOCKED),              # 64 KiB of stack allocs
     (Attention((2,), 100, 300, 64), "config", None),
     (Attention((2, 3), 77, 77, 40, causal=True), "config", None),
     (Attention((2,), 64, 128, 128, dtype=BF16, mask=True), "config", None),
@@ -73,22 +81,26 @@ def test_attention_strategy_matches_reference(problem: Attention, strategy: str,
 
 
 def _run_with_inputs(problem: Attention, strategy: str, inputs: list[np.ndarray],
-                     tmp_path: Path) -> tuple[np.ndarray, object]:
+                     tmp_path: Path, knobs: dict[str, str] | None = None
+                     ) -> tuple[np.ndarray, object]:
     cfg = HarnessConfig(artifacts=tmp_path)
     expected = problem.reference(inputs)
-    b = build(problem, "attention", strategy, None, tmp_path / strategy, cfg)
+    b = build(problem, "attention", strategy, knobs, tmp_path / strategy, cfg)
     execute(b, problem, inputs, expected)
     return expected, b
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16, F16])
-def test_flash_fully_masked_rows_are_the_uniform_average(dtype: DType, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("dtype", "knobs"), [(F32, None), (BF16, None), (F16, None),
+                                              (F32, BLOCKED)],
+                         ids=["f32", "bf16", "f16", "f32 outer products"])
+def test_flash_fully_masked_rows_are_the_uniform_average(dtype: DType, knobs, tmp_path: Path
+                                                         ) -> None:
     # Every 5th query row of the first batch element masks every key with finfo.min. IREE's
     # own decomposition (exp2, mask x log2(e)) turns those rows into NaN for f32 / bf16;
     # flash decomposes with exp and matches the float64 reference.
     problem = Attention((2,), 100, 300, 64, mask=True, dtype=dtype)
     inputs = problem.make_inputs(0, fully_masked_rows=True)
-    _, b = _run_with_inputs(problem, "flash", inputs, tmp_path)
+    _, b = _run_with_inputs(problem, "flash", inputs, tmp_path, knobs)
     assert b.verdict.ok, b.verdict.reason
 
 
@@ -143,7 +155,8 @@ def test_causal_flash_computes_its_mask_in_the_dispatch(dtype: DType) -> None:
     (Attention((2,), 96, 320, 64), None),
     (Attention((2,), 96, 320, 64, causal=True), None),
     (Attention((2,), 96, 320, 64), {"layout": "rows", "lowering": "iree", "rows": "8"}),
-], ids=["flash", "flash causal", "flash rows layout"])
+    (Attention((2,), 96, 320, 64, causal=True), BLOCKED),
+], ids=["flash", "flash causal", "flash rows layout", "flash outer products causal"])
 def test_no_m_by_k2_buffer_or_vector_in_the_lowered_dispatch(problem: Attention,
                                                              knobs: dict[str, str] | None,
                                                              tmp_path: Path) -> None:

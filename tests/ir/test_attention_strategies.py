@@ -445,8 +445,8 @@ BLOCKED = FlashKnobs(rows=32, key_tile=8, value_tile=4, max_split=2, outer_produ
 
 
 @pytest.mark.parametrize("problem", [
-    P64, Attention((2,), 64, 64, 128), Attention((2,), 100, 300, 40, n=80),
-    Attention((2,), 32, 8, 64, causal=True),
+    P64, Attention((4,), 1024, 1024, 128), Attention((2, 16), 100, 1500, 40, n=80),
+    Attention((4096,), 32, 32, 64, causal=True),
 ])
 def test_flash_fit_picks_32_row_outer_product_blocks_for_f32(problem) -> None:
     fitted = attention_flash.fit(problem, FlashKnobs())
@@ -455,12 +455,13 @@ def test_flash_fit_picks_32_row_outer_product_blocks_for_f32(problem) -> None:
 
 
 @pytest.mark.parametrize("problem", [
+    Attention((2,), 64, 64, 64),                     # small: not worth the compile time
     Attention((2,), 16, 64, 64),                     # fewer than 32 query rows
-    Attention((2,), 64, 4, 64),                      # fewer than 8 keys
-    Attention((2,), 64, 64, 64, n=38),               # 4 does not divide N
-    Attention((2,), 64, 64, 256),                    # head dim above 128: the stack
-    Attention((2,), 64, 64, 64, dtype=DType.F16),
-    Attention((2,), 64, 64, 64, dtype=DType.BF16),
+    Attention((1 << 20,), 64, 4, 64),                # fewer than 8 keys
+    Attention((1024,), 64, 64, 64, n=38),            # 4 does not divide N
+    Attention((1024,), 64, 64, 256),                 # head dim above 128: the stack
+    Attention((1024,), 64, 64, 64, dtype=DType.F16),
+    Attention((1024,), 64, 64, 64, dtype=DType.BF16),
 ])
 def test_flash_fit_keeps_16_row_blocks_elsewhere(problem) -> None:
     fitted = attention_flash.fit(problem, FlashKnobs())
