@@ -744,16 +744,18 @@ IREE_STACK_ALLOCATION_LIMIT = 32 * 1024
 
 
 def stack_allocations(knobs: FlashKnobs, head_dim: int, value_dim: int) -> int:
-    """Bytes of `memref.alloca` the kernel asks for, roughly: the scaled, transposed query
+    """Bytes of `memref.alloca` an `outer_products` kernel asks for, roughly: the scaled query
     tile and the accumulator tile (rows x (D + N) f32), plus the statistics."""
     return knobs.rows * (head_dim + value_dim) * 4 + 4096
 
 
 def llvm_flags(knobs: FlashKnobs, pred: CodegenPredicate) -> tuple[str, ...]:
-    """iree-compile flags the kernel needs: `KEEP_ORDER_FLAGS` with `outer_products`, and a
-    higher stack-allocation limit when its tiles need more than IREE's default (rows 32 at head
-    dim 128: 33920 bytes)."""
-    flags = KEEP_ORDER_FLAGS if unrolls_matmuls(knobs) else ()
+    """iree-compile flags an `outer_products` kernel needs: `KEEP_ORDER_FLAGS`, and a higher
+    stack-allocation limit when its tiles need more than IREE's default (rows 32 at head dim
+    128: 33920 bytes); none otherwise."""
+    if not unrolls_matmuls(knobs):
+        return ()
+    flags = KEEP_ORDER_FLAGS
     need = stack_allocations(knobs, pred.head_dim or 64, pred.value_dim or pred.head_dim or 64)
     if need > IREE_STACK_ALLOCATION_LIMIT:
         limit = 1 << (need - 1).bit_length()  # IREE takes powers of two only
