@@ -33,6 +33,7 @@ F32, F16, BF16 = DType.F32, DType.F16, DType.BF16
 # set explicitly here so that small problems exercise them.
 BLOCKED = {"outer_products": "true", "rows": "32", "key_tile": "8", "value_tile": "4",
            "max_split": "2"}
+BLOCKED_HALF = {**BLOCKED, "value_tile": "8"}  # what `fit` picks for f16 / bf16
 
 # (problem, strategy, knobs)
 CASES = [
@@ -55,6 +56,8 @@ CASES = [
     (Attention((2,), 100, 300, 64, mask=True), "flash", BLOCKED),     # partial M and K2 tiles
     (Attention((2, 2), 77, 120, 40, n=80, causal=True), "flash", BLOCKED),
     (Attention((1,), 197, 100, 128), "flash", BLOCKED),              # 64 KiB of stack allocs
+    (Attention((2,), 77, 130, 64, dtype=BF16, causal=True), "flash", BLOCKED_HALF),
+    (Attention((2,), 64, 77, 128, n=80, dtype=F16, mask=True), "flash", BLOCKED_HALF),
     (Attention((2,), 100, 300, 64), "config", None),
     (Attention((2, 3), 77, 77, 40, causal=True), "config", None),
     (Attention((2,), 64, 128, 128, dtype=BF16, mask=True), "config", None),
@@ -91,8 +94,9 @@ def _run_with_inputs(problem: Attention, strategy: str, inputs: list[np.ndarray]
 
 
 @pytest.mark.parametrize(("dtype", "knobs"), [(F32, None), (BF16, None), (F16, None),
-                                              (F32, BLOCKED)],
-                         ids=["f32", "bf16", "f16", "f32 outer products"])
+                                              (F32, BLOCKED), (BF16, BLOCKED_HALF)],
+                         ids=["f32", "bf16", "f16", "f32 outer products",
+                              "bf16 outer products"])
 def test_flash_fully_masked_rows_are_the_uniform_average(dtype: DType, knobs, tmp_path: Path
                                                          ) -> None:
     # Every 5th query row of the first batch element masks every key with finfo.min. IREE's

@@ -3,6 +3,8 @@ verified in-process (no iree-compile), and of both families' knob checks."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from iree.compiler import ir
 
@@ -455,13 +457,23 @@ def test_flash_fit_picks_32_row_outer_product_blocks_for_f32(problem) -> None:
 
 
 @pytest.mark.parametrize("problem", [
+    Attention((1024,), 64, 64, 64, dtype=DType.F16),
+    Attention((4,), 1024, 1024, 128, dtype=DType.BF16, causal=True),
+])
+def test_flash_fit_picks_outer_product_blocks_with_8_value_columns_for_f16_bf16(problem) -> None:
+    fitted = attention_flash.fit(problem, FlashKnobs())
+    assert fitted == replace(BLOCKED, value_tile=8)
+    fitted.check(problem)
+
+
+@pytest.mark.parametrize("problem", [
     Attention((2,), 64, 64, 64),                     # small: not worth the compile time
     Attention((2,), 16, 64, 64),                     # fewer than 32 query rows
     Attention((1 << 20,), 64, 4, 64),                # fewer than 8 keys
     Attention((1024,), 64, 64, 64, n=38),            # 4 does not divide N
     Attention((1024,), 64, 64, 256),                 # head dim above 128: the stack
-    Attention((1024,), 64, 64, 64, dtype=DType.F16),
-    Attention((1024,), 64, 64, 64, dtype=DType.BF16),
+    Attention((1024,), 64, 64, 64, n=36, dtype=DType.F16),  # 8 does not divide N
+    Attention((2,), 64, 64, 64, dtype=DType.BF16),          # small
 ])
 def test_flash_fit_keeps_16_row_blocks_elsewhere(problem) -> None:
     fitted = attention_flash.fit(problem, FlashKnobs())
@@ -543,11 +555,12 @@ def test_families_are_registered() -> None:
 
 
 def test_flash_fit_picks_8_keys_per_step_for_bf16() -> None:
-    fitted = attention_flash.fit(Attention((8,), 1024, 1024, 64, dtype=DType.BF16), FlashKnobs())
+    small = Attention((8,), 256, 256, 64, dtype=DType.BF16)  # below the outer-product size
+    fitted = attention_flash.fit(small, FlashKnobs())
     assert (fitted.layout, fitted.rows, fitted.key_tile, fitted.value_tile) == \
         ("mlanes", 16, 8, 8)
-    fitted.check(Attention((8,), 1024, 1024, 64, dtype=DType.BF16))
-    f16 = attention_flash.fit(Attention((8,), 1024, 1024, 64, dtype=DType.F16), FlashKnobs())
+    fitted.check(small)
+    f16 = attention_flash.fit(Attention((8,), 256, 256, 64, dtype=DType.F16), FlashKnobs())
     assert f16.layout == "mlanes"
 
 
