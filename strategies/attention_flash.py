@@ -235,25 +235,23 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     # vectors (`vectorize_key_loop_generics`), 16 x 8 x 8 matches that old 32 x 4 x 16 (10.7
     # vs 10.8 ms at 4x1024x1024x128, side by side) and 32 x 4 spills the whole accumulator
     # (23-28 ms), so the rows stay at 16.
-    fitted = replace(knobs, rows=rows, key_tile=key_tile, value_tile=value_tile)
-    # f16 / bf16 convert each broadcast K / V element on its own: value tiles of 8 (1.37x and
-    # 1.21x the 16-row defaults at 8x1024x1024x64 bf16 / f16, against 1.28x / 1.03x with 4;
-    # 1.59x / 1.37x at 4x1024x1024x128; side by side, 3 rounds, two threads).
+    # Register blocks of 32 query rows (two vectors per broadcast K / V element) x 8 keys, the
+    # matmuls unrolled as rank-1 updates (`outer_products`), max_split 2. f32, value tiles of
+    # 4: side by side (5 rounds, two threads) 1.116x, 1.153x and 1.155x the 16 x 16 x 8 blocks
+    # at 8x1024x1024x64, 2x4096x4096x64 and 4x1024x1024x128; on one core 1.058x and 1.109x
+    # (8x1024x1024x64, 4x1024x1024x128); max_split 2 over 4: 1.01-1.13x. f16 / bf16 convert
+    # each broadcast K / V element on their own: value tiles of 8 (1.37x and 1.21x the 16-row
+    # defaults at 8x1024x1024x64 bf16 / f16, against 1.28x / 1.03x with 4; 1.59x / 1.37x at
+    # 4x1024x1024x128; side by side, 3 rounds, two threads). They cost compile time (LLVM:
+    # about 20 s instead of 5 per dispatch), so smaller calls, where 10% is little time, keep
+    # the 16-row blocks.
     block_values = 4 if problem.dtype == DType.F32 else 8
-    blocked = replace(fitted, rows=32, key_tile=8, value_tile=block_values, max_split=2,
-                      outer_products=True)
     if (problem.m >= 32 and problem.k2 >= 8 and problem.value_dim % block_values == 0
             and max(problem.d, problem.value_dim) <= 128
             and problem.batch_size * problem.m * problem.k2 >= OUTER_PRODUCTS_MIN_SCORES):
-        # Register blocks of 32 query rows (two vectors per broadcast K / V element) x 8 keys,
-        # the matmuls unrolled as rank-1 updates (`outer_products`), value tiles of 4: side
-        # by side (5 rounds, two threads) 1.116x, 1.153x and 1.155x the 16 x 16 x 8 blocks
-        # at 8x1024x1024x64, 2x4096x4096x64 and 4x1024x1024x128; on one core 1.058x and
-        # 1.109x (8x1024x1024x64, 4x1024x1024x128). max_split 2 over 4: 1.01-1.13x. They
-        # cost compile time (LLVM: about 20 s instead of 5 per dispatch), so smaller calls,
-        # where 10% is little time, keep the 16-row blocks.
-        return blocked
-    return fitted
+        return replace(knobs, rows=32, key_tile=8, value_tile=block_values, max_split=2,
+                       outer_products=True)
+    return replace(knobs, rows=rows, key_tile=key_tile, value_tile=value_tile)
 
 
 def space(problem: Any) -> dict[str, tuple[Any, ...]]:
