@@ -481,11 +481,12 @@ def test_flash_fit_keeps_16_row_blocks_elsewhere(problem) -> None:
     fitted.check(problem)
 
 
-def test_flash_outer_products_unroll_both_matmuls(filecheck) -> None:
-    # Q·Kᵀ (b, k1, k2, m) and P·V (b, k2, n, m) are marked after the interchange, then each
-    # marked generic (P·V once per value tile) has its reduction tiled by 1 and unrolled; the
-    # library asks LLVM to keep that order and, for 32 rows at head dim 128, for 64 KiB of
-    # stack allocations.
+def test_flash_outer_products_pack_qk_and_unroll_pv(filecheck) -> None:
+    # After the interchange Q·Kᵀ (b, k1, k2, m) is packed along the query rows (inner tile =
+    # rows: Q and the scores stored (k, m)) and marked, P·V (b, k2, n, m) is marked; each
+    # marked P·V (once per value tile) has its reduction tiled by 1 and fully unrolled, the
+    # packed Q·Kᵀ its head-dim loop tiled by 1 and unrolled by 4; the library asks LLVM to
+    # keep that order and, for 32 rows at head dim 128, for 64 KiB of stack allocations.
     text = flash_library(Attention((2,), 64, 64, 128), rows=32, key_tile=8, value_tile=4,
                          max_split=2, outer_products=True)
     filecheck(text, """
@@ -495,7 +496,8 @@ CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
 CHECK: %[[G:.*]]:10 = transform.split_handle
 CHECK: %[[QK:.*]] = transform.structured.interchange %[[G]]#1 iterator_interchange = [0, 2, 3, 1]
 CHECK: %[[PV:.*]] = transform.structured.interchange %[[G]]#9 iterator_interchange = [0, 2, 3, 1]
-CHECK: transform.annotate %[[QK]] "tdkit.outer_products"
+CHECK: %[[PACKED:.*]] = transform.structured.pack %[[QK]] packed_sizes = [0, 0, 0, 32]
+CHECK: transform.annotate %[[PACKED]] "tdkit.rolled_qk"
 CHECK: transform.annotate %[[PV]] "tdkit.outer_products"
 CHECK: transform.structured.fuse %[[PV]] tile_sizes [0, 0, 4, 0]
 CHECK: transform.structured.split_reduction
@@ -504,6 +506,11 @@ CHECK-SAME: attributes {tdkit.outer_products}
 CHECK: transform.foreach %[[MARKED]]
 CHECK: %{{.*}}, %[[LOOP:.*]] = transform.structured.tile_using_for %{{.*}} tile_sizes [0, 1, 0, 0]
 CHECK-NEXT: transform.loop.unroll_full %[[LOOP]]
+CHECK: %[[ROLLED:.*]] = transform.structured.match ops{["linalg.generic"]}
+CHECK-SAME: attributes {tdkit.rolled_qk}
+CHECK: transform.foreach %[[ROLLED]]
+CHECK: , %[[QLOOP:.*]] = transform.structured.tile_using_for %{{.*}} tile_sizes [0, 1, 0, 0, 0]
+CHECK-NEXT: transform.loop.unroll %[[QLOOP]] factor = 4
 CHECK: transform.structured.vectorize_children_and_apply_patterns
 """)
     plain = flash_library(Attention((2,), 64, 64, 64))
