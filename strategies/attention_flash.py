@@ -112,10 +112,11 @@ class FlashKnobs:
         last Q·Kᵀ FMA and the first exp shrinks from key_tile to key_tile / max_split +
         max_split steps. 0 = off, else a power of two; a key tile smaller than it is split
         into single keys (`max_split_factor`), and a peeled remainder tile is not split.
-      outer_products: with layout "mlanes", emit Q·Kᵀ one head-dim element at a time and P·V
-        one key at a time (`unroll_matmuls`), each a rank-1 update of a register block, in
-        that order; with rows = 32 each broadcast K / V element then feeds two FMAs. The
-        library asks LLVM to keep that order (`KEEP_ORDER_FLAGS`).
+      outer_products: with layout "mlanes", emit Q·Kᵀ one head-dim element at a time (packed
+        so that Q and the scores are stored `(k, m)`, in a rolled loop: `pack_query_rows`)
+        and P·V one key at a time (`unroll_matmuls`), each a rank-1 update of a register
+        block, in that order; with rows = 32 each broadcast K / V element then feeds two
+        FMAs. The library asks LLVM to keep that order (`KEEP_ORDER_FLAGS`).
     """
 
     rows: int = 16
@@ -192,14 +193,10 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
     return (d // 64) * (rows * 700 + rows * kt * per_score)
 
 
-# Scores (batch x M x K2) of a call from which `fit` picks the outer-product blocks: 4x1024x1024.
-OUTER_PRODUCTS_MIN_SCORES = 1 << 22
-
-
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
-    """Fit the default knobs to a problem. M >= 32, K2 >= 8, head dims up to 128, at least
-    `OUTER_PRODUCTS_MIN_SCORES` scores and value tiles dividing N: 32 rows x 8 keys, value
-    tiles of 4 (f32) or 8 (f16, bf16), max_split 2, `outer_products`. Otherwise rows and
+    """Fit the default knobs to a problem. M >= 32, K2 >= 8, head dims up to 128 and value
+    tiles dividing N: 32 rows x 8 keys, value tiles of 4 (f32) or 8 (f16, bf16), max_split 2,
+    `outer_products`. Otherwise rows and
     key_tile powers of two no larger than M and K2; key_tile 8 for bf16, and for f16 with head
     dims of 128 and more; value_tile 0 when it does not divide N, and for f16."""
     rows, key_tile = knobs.rows, knobs.key_tile
@@ -242,13 +239,14 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     # (8x1024x1024x64, 4x1024x1024x128); max_split 2 over 4: 1.01-1.13x. f16 / bf16 convert
     # each broadcast K / V element on their own: value tiles of 8 (1.37x and 1.21x the 16-row
     # defaults at 8x1024x1024x64 bf16 / f16, against 1.28x / 1.03x with 4; 1.59x / 1.37x at
-    # 4x1024x1024x128; side by side, 3 rounds, two threads). They cost compile time (LLVM:
-    # about 20 s instead of 5 per dispatch), so smaller calls, where 10% is little time, keep
-    # the 16-row blocks.
+    # 4x1024x1024x128; side by side, 3 rounds, two threads). Until Q·Kᵀ was packed and kept
+    # rolled (`pack_query_rows`) they took about 20 s to compile instead of 5, and only calls
+    # of 4x1024x1024 scores and more got them; now they compile as fast as the 16-row blocks
+    # (2x12x128x128x64: 5.3 vs 5.1 s for compile, run and check, and 0.65 vs 0.91 ms per call;
+    # 2x100x300x64 with a mask: 6.7 vs 7.3 s, 0.32 vs 0.38 ms).
     block_values = 4 if problem.dtype == DType.F32 else 8
     if (problem.m >= 32 and problem.k2 >= 8 and problem.value_dim % block_values == 0
-            and max(problem.d, problem.value_dim) <= 128
-            and problem.batch_size * problem.m * problem.k2 >= OUTER_PRODUCTS_MIN_SCORES):
+            and max(problem.d, problem.value_dim) <= 128):
         return replace(knobs, rows=32, key_tile=8, value_tile=block_values, max_split=2,
                        outer_products=True)
     return replace(knobs, rows=rows, key_tile=key_tile, value_tile=value_tile)

@@ -433,13 +433,13 @@ def test_flash_fit_shrinks_defaults_to_small_problems() -> None:
     wide = attention_flash.fit(Attention((2,), 16, 64, 128), FlashKnobs())
     assert (wide.rows, wide.key_tile, wide.value_tile) == (16, 16, 8)  # head dim 128: measured
     wide.check(Attention((2,), 16, 64, 128))
-    half = Attention((2,), 64, 64, 128, dtype=DType.F16)
+    half = Attention((2,), 16, 64, 128, dtype=DType.F16)
     assert attention_flash.fit(half, FlashKnobs()).key_tile == 8  # measured: 16 is 0.51x
-    bf = Attention((2,), 64, 64, 128, dtype=DType.BF16)
+    bf = Attention((2,), 16, 64, 128, dtype=DType.BF16)
     assert attention_flash.fit(bf, FlashKnobs()).key_tile == 8
     assert attention_flash.fit(Attention((2,), 16, 64, 64, n=40), FlashKnobs()).value_tile == 8
     assert attention_flash.fit(Attention((2,), 16, 64, 64, n=36), FlashKnobs()).value_tile == 0
-    f16 = Attention((2,), 64, 64, 64, dtype=DType.F16)
+    f16 = Attention((2,), 16, 64, 64, dtype=DType.F16)
     assert attention_flash.fit(f16, FlashKnobs()).value_tile == 0
 
 
@@ -467,13 +467,12 @@ def test_flash_fit_picks_outer_product_blocks_with_8_value_columns_for_f16_bf16(
 
 
 @pytest.mark.parametrize("problem", [
-    Attention((2,), 64, 64, 64),                     # small: not worth the compile time
     Attention((2,), 16, 64, 64),                     # fewer than 32 query rows
     Attention((1 << 20,), 64, 4, 64),                # fewer than 8 keys
     Attention((1024,), 64, 64, 64, n=38),            # 4 does not divide N
     Attention((1024,), 64, 64, 256),                 # head dim above 128: the stack
     Attention((1024,), 64, 64, 64, n=36, dtype=DType.F16),  # 8 does not divide N
-    Attention((2,), 64, 64, 64, dtype=DType.BF16),          # small
+    Attention((2,), 31, 64, 64, dtype=DType.BF16),          # fewer than 32 query rows
 ])
 def test_flash_fit_keeps_16_row_blocks_elsewhere(problem) -> None:
     fitted = attention_flash.fit(problem, FlashKnobs())
@@ -562,12 +561,12 @@ def test_families_are_registered() -> None:
 
 
 def test_flash_fit_picks_8_keys_per_step_for_bf16() -> None:
-    small = Attention((8,), 256, 256, 64, dtype=DType.BF16)  # below the outer-product size
+    small = Attention((8,), 16, 256, 64, dtype=DType.BF16)  # too few rows for 32-row blocks
     fitted = attention_flash.fit(small, FlashKnobs())
     assert (fitted.layout, fitted.rows, fitted.key_tile, fitted.value_tile) == \
         ("mlanes", 16, 8, 8)
     fitted.check(small)
-    f16 = attention_flash.fit(Attention((8,), 256, 256, 64, dtype=DType.F16), FlashKnobs())
+    f16 = attention_flash.fit(Attention((8,), 16, 256, 64, dtype=DType.F16), FlashKnobs())
     assert f16.layout == "mlanes"
 
 
