@@ -186,8 +186,10 @@ def test_interrupt_kills_running_compiles_and_keeps_rows(tmp_path: Path, fault_e
     cmd = [*TDKIT, "tune", *PROBLEM, "--db", str(tmp_path / "t.db"), "--artifacts",
            str(tmp_path / "art"), "--search", "grid", "--space", "rows_per_workgroup=2",
            *FIXED, "--min-timeout", "600", "--confirm-rounds", "0"]
+    # As a foreground command gets Ctrl-C: a shell's background job (e.g. a CI runner started
+    # with `&`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=_default_sigint)
     hung = None
     deadline = time.monotonic() + 300
     while hung is None and time.monotonic() < deadline:
@@ -205,6 +207,10 @@ def test_interrupt_kills_running_compiles_and_keeps_rows(tmp_path: Path, fault_e
     assert time.monotonic() - start < 30
     assert "interrupted" in err and "Traceback" not in err
     assert _processes_in(hung) == [], "a compile of the interrupted sweep is still running"
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _processes_in(directory: Path) -> list[int]:
