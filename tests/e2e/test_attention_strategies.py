@@ -177,6 +177,22 @@ def test_no_m_by_k2_buffer_or_vector_in_the_lowered_dispatch(problem: Attention,
     assert not offenders, f"M x K2-sized buffers/vectors in the lowered dispatch: {offenders}"
 
 
+def test_flash_outer_products_keep_a_rolled_head_dim_loop_over_the_packed_query(
+        filecheck, tmp_path: Path) -> None:
+    # The packed Q tile is a (k1, m) stack buffer, and Q·Kᵀ walks the head dim in a loop (by 4)
+    # of contiguous 32-row loads from it: if the pack or the rolled loop went away, the key loop
+    # would be unrolled over the head dim again (twice the 32 KiB L1 instruction cache at head
+    # dim 128) and Q read by element gathers.
+    text = strategy_ir(Attention((2,), 96, 320, 64), "flash", BLOCKED, form=None,
+                       cfg=HarnessConfig(artifacts=tmp_path))
+    filecheck(text, """
+CHECK: %[[Q:.*]] = memref.alloca() alignment = 64 : memref<1x1x64x32xf32>
+CHECK: scf.for %{{.*}} = %c0 to %c320 step %c8
+CHECK: scf.for %[[D:.*]] = %c0 to %c64 step %c4 iter_args(%{{.*}}) -> (vector<8x32xf32>)
+CHECK: vector.load %[[Q]][%c0, %c0, %[[D]], %c0] : memref<1x1x64x32xf32>, vector<32xf32>
+""")
+
+
 @pytest.mark.parametrize("problem", [
     Attention((8,), 256, 256, 64),
     Attention((8,), 256, 256, 64, dtype=BF16),
