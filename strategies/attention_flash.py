@@ -193,9 +193,15 @@ def stack_estimate(knobs: FlashKnobs, head_dim: int) -> int:
     return (d // 64) * (rows * 700 + rows * kt * per_score)
 
 
+# Scores (batch x M x K2) from which `fit` picks the outer-product blocks even when M is not a
+# multiple of 32: 4x1024x1024.
+OUTER_PRODUCTS_MIN_SCORES = 1 << 22
+
+
 def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
-    """Fit the default knobs to a problem. M >= 32, K2 >= 8, head dims up to 128 and value
-    tiles dividing N: 32 rows x 8 keys, value tiles of 4 (f32) or 8 (f16, bf16), max_split 2,
+    """Fit the default knobs to a problem. M >= 32, K2 >= 8, head dims up to 128, value tiles
+    dividing N, and either M a multiple of 32 or at least `OUTER_PRODUCTS_MIN_SCORES` scores:
+    32 rows x 8 keys, value tiles of 4 (f32) or 8 (f16, bf16), max_split 2,
     `outer_products`. Otherwise rows and
     key_tile powers of two no larger than M and K2; key_tile 8 for bf16, and for f16 with head
     dims of 128 and more; value_tile 0 when it does not divide N, and for f16."""
@@ -239,14 +245,19 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     # (8x1024x1024x64, 4x1024x1024x128); max_split 2 over 4: 1.01-1.13x. f16 / bf16 convert
     # each broadcast K / V element on their own: value tiles of 8 (1.37x and 1.21x the 16-row
     # defaults at 8x1024x1024x64 bf16 / f16, against 1.28x / 1.03x with 4; 1.59x / 1.37x at
-    # 4x1024x1024x128; side by side, 3 rounds, two threads). Until Q·Kᵀ was packed and kept
-    # rolled (`pack_query_rows`) they took about 20 s to compile instead of 5, and only calls
-    # of 4x1024x1024 scores and more got them; now they compile as fast as the 16-row blocks
-    # (2x12x128x128x64: 5.3 vs 5.1 s for compile, run and check, and 0.65 vs 0.91 ms per call;
-    # 2x100x300x64 with a mask: 6.7 vs 7.3 s, 0.32 vs 0.38 ms).
+    # 4x1024x1024x128; side by side, 3 rounds, two threads). Since Q·Kᵀ is packed and kept
+    # rolled (`pack_query_rows`) they compile as fast as the 16-row blocks (they used to take
+    # 20 s instead of 5). Smaller calls, side by side (5 rounds, two threads), old 16 x 16 x 8
+    # blocks against these: 0.72x at 2x12x128x128x64 and 8x512x512x64, 0.79x at 4x256x1024x64,
+    # 0.91x at 16x192x192x64 and 16x192x197x64; but a partial last row tile costs a 32-row
+    # workgroup more: 1.29x at 16x197x197x64, 1.94x at 1x12x197x197x64, 1.54x at
+    # 2x2x77x197x64 causal, 1.03x at 16x197x192x64 (0.92x at 2x100x300x64 with a mask). So
+    # M must be a multiple of 32, or the call large (the partial tile then is a small share).
     block_values = 4 if problem.dtype == DType.F32 else 8
+    rows_fit = (problem.m % 32 == 0
+                or problem.batch_size * problem.m * problem.k2 >= OUTER_PRODUCTS_MIN_SCORES)
     if (problem.m >= 32 and problem.k2 >= 8 and problem.value_dim % block_values == 0
-            and max(problem.d, problem.value_dim) <= 128):
+            and max(problem.d, problem.value_dim) <= 128 and rows_fit):
         return replace(knobs, rows=32, key_tile=8, value_tile=block_values, max_split=2,
                        outer_products=True)
     return replace(knobs, rows=rows, key_tile=key_tile, value_tile=value_tile)

@@ -448,7 +448,8 @@ BLOCKED = FlashKnobs(rows=32, key_tile=8, value_tile=4, max_split=2, outer_produ
 
 @pytest.mark.parametrize("problem", [
     P64, Attention((4,), 1024, 1024, 128), Attention((2, 16), 100, 1500, 40, n=80),
-    Attention((4096,), 32, 32, 64, causal=True),
+    Attention((4096,), 32, 32, 64, causal=True), Attention((2, 12), 128, 128, 64),
+    Attention((16,), 192, 197, 64),
 ])
 def test_flash_fit_picks_32_row_outer_product_blocks_for_f32(problem) -> None:
     fitted = attention_flash.fit(problem, FlashKnobs())
@@ -473,6 +474,8 @@ def test_flash_fit_picks_outer_product_blocks_with_8_value_columns_for_f16_bf16(
     Attention((1024,), 64, 64, 256),                 # head dim above 128: the stack
     Attention((1024,), 64, 64, 64, n=36, dtype=DType.F16),  # 8 does not divide N
     Attention((2,), 31, 64, 64, dtype=DType.BF16),          # fewer than 32 query rows
+    Attention((16,), 197, 197, 64),                  # a partial 32-row tile, small call
+    Attention((2,), 100, 300, 64, mask=True),
 ])
 def test_flash_fit_keeps_16_row_blocks_elsewhere(problem) -> None:
     fitted = attention_flash.fit(problem, FlashKnobs())
