@@ -193,6 +193,21 @@ CHECK: vector.load %[[Q]][%c0, %c0, %[[D]], %c0] : memref<1x1x64x32xf32>, vector
 """)
 
 
+@pytest.mark.parametrize("knobs", [None, BLOCKED], ids=["16 rows", "32-row outer products"])
+def test_flash_vectorizes_the_normalize_of_a_partial_row_tile(knobs, filecheck,
+                                                             tmp_path: Path) -> None:
+    # 197 query rows: the last row tile is partial, so the fused normalize has a dynamic row
+    # count in every workgroup; padded to the row tile (`pad_normalize`) it divides whole
+    # vectors instead of running IREE's scalar loop (one divf per element).
+    problem = Attention((2,), 197, 64, 64)
+    text = strategy_ir(problem, "flash", knobs, form=None, cfg=HarnessConfig(artifacts=tmp_path))
+    rows = 32 if knobs else 16
+    filecheck(text, f"""
+CHECK: arith.divf %{{{{.*}}}}, %{{{{.*}}}} : vector<{rows}x64xf32>
+CHECK-NOT: arith.divf %{{{{.*}}}}, %{{{{.*}}}} : f32
+""")
+
+
 @pytest.mark.parametrize("problem", [
     Attention((8,), 256, 256, 64),
     Attention((8,), 256, 256, 64, dtype=BF16),
