@@ -11,7 +11,8 @@ returning the handles it made:
    rows per workgroup, fuses the fills and the normalize generic, and maps the loop to
    workgroups;
 2. `pad_rows`: pad the workgroup tile to a multiple of `rows` (padding values equal to the
-   fills, so the padded fills fold; padded query rows are computed and never stored);
+   fills, so the padded fills fold; padded query rows are computed and never stored), and
+   `pad_normalize` the fused normalize generic to `rows` rows (static, so it vectorizes);
 3. `tile_keys`: tile the key dim by `key_tile` with `scf.for` (the loop carries the
    accumulator, the running max and the running sum: online softmax); `peel` the last partial
    key tile, so every tile is static and no key needs masking;
@@ -250,9 +251,10 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     # 20 s instead of 5). Smaller calls, side by side (5 rounds, two threads), old 16 x 16 x 8
     # blocks against these: 0.72x at 2x12x128x128x64 and 8x512x512x64, 0.79x at 4x256x1024x64,
     # 0.91x at 16x192x192x64 and 16x192x197x64; but a partial last row tile costs a 32-row
-    # workgroup more: 1.29x at 16x197x197x64, 1.94x at 1x12x197x197x64, 1.54x at
-    # 2x2x77x197x64 causal, 1.03x at 16x197x192x64 (0.92x at 2x100x300x64 with a mask). So
-    # M must be a multiple of 32, or the call large (the partial tile then is a small share).
+    # workgroup more: on one core (5 rounds, with `pad_normalize`) the 16-row blocks ran
+    # 1.10x at 16x197x197x64 and 16x197x192x64, 1.11x at 1x12x197x197x64, 1.15x at
+    # 2x2x77x197x64 causal, 1.00x at 2x100x300x64 with a mask (0.92x at 16x192x192x64). So M
+    # must be a multiple of 32, or the call large (the partial tile then is a small share).
     block_values = 4 if problem.dtype == DType.F32 else 8
     rows_fit = (problem.m % 32 == 0
                 or problem.batch_size * problem.m * problem.k2 >= OUTER_PRODUCTS_MIN_SCORES)
@@ -355,9 +357,9 @@ def pad_normalize(padded: ir.Value, dims: Dims, knobs: FlashKnobs, pred: Codegen
     `tensor.extract_slice`, of the padded attention's accumulator) to exactly `rows` query
     rows, so that it is static and vectorizes. When `rows` does not divide M its row count is
     dynamic in every workgroup, and IREE lowered it to scalar code (one `divf` per output
-    element): 16x197x192x64 took 1.55 ms against 1.06 ms for 16x192x192x64. Padded rows
-    divide by a padded sum of 1 and are never stored. Nothing to do when the rows divide M
-    (no slice between the two ops)."""
+    element); padded, 16x197x192x64 ran 1.75 instead of 1.86 ms on one core (32-row blocks,
+    three interleaved runs). Padded rows divide by a padded sum of 1 and are never stored.
+    Nothing to do when the rows divide M (no slice between the two ops)."""
     seq = transform.SequenceOp(transform.FailurePropagationMode.Suppress, [], padded)
     with ir.InsertionPoint(seq.body):
         acc_slice = transform.GetConsumersOfResult(_any(), seq.bodyTarget, 0).result
