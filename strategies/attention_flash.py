@@ -368,11 +368,13 @@ def pad_normalize(padded: ir.Value, dims: Dims, knobs: FlashKnobs, pred: Codegen
         transform.MatchOperationNameOp(normalize, ["linalg.generic"])
         f32 = ir.F32Type.get()
         out = (pred.dtype or DType.F32).mlir_type()
-        # Exactly `rows` (not a multiple of it: a multiple of a dynamic size stays dynamic,
-        # and bufferization then wants an unbounded stack allocation).
+        # Loops (b, m, n) or (m, n); operands (sum, acc, out). Exactly `rows` rows (not a
+        # multiple of it: a multiple of a dynamic size stays dynamic, and bufferization then
+        # wants an unbounded stack allocation).
+        sizes = ([1] if dims.rank == 5 else []) + [knobs.rows, 0]
         structured.PadTilingInterfaceOp(
-            _any(), _any(), normalize, [], static_padding_sizes=dims.tiles(m=knobs.rows)[:-2],
-            padding_values=[ir.FloatAttr.get(f32, 0.0), ir.FloatAttr.get(f32, 1.0),
+            _any(), _any(), normalize, [], static_padding_sizes=sizes,
+            padding_values=[ir.FloatAttr.get(f32, 1.0), ir.FloatAttr.get(f32, 0.0),
                             ir.FloatAttr.get(out, 0.0)], pad_to_multiple_of=False)
         transform.YieldOp()
 

@@ -29,8 +29,8 @@ from tdkit.tools.toolchain import CompileOptions, compile_module, run_module
 
 F32, F16, BF16 = DType.F32, DType.F16, DType.BF16
 
-# The outer-product register blocks `fit` picks for f32 calls with M >= 32 (and most others),
-# set explicitly so that these cases keep exercising them whatever `fit` picks.
+# The outer-product register blocks `fit` picks for f32 calls whose M is a multiple of 32 (or
+# that are large), set explicitly so that these cases exercise them whatever `fit` picks.
 BLOCKED = {"outer_products": "true", "rows": "32", "key_tile": "8", "value_tile": "4",
            "max_split": "2"}
 BLOCKED_HALF = {**BLOCKED, "value_tile": "8"}  # what `fit` picks for f16 / bf16
