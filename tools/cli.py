@@ -26,7 +26,7 @@ from tdkit.tools.errors import (
     ToolError,
 )
 from tdkit.tools.harness import HarnessConfig, library_for, run_problem
-from tdkit.tools.toolchain import COMPILER_ENV, TARGETS, CompileOptions, target_options
+from tdkit.tools.toolchain import COMPILER_ENV, TARGETS, TIMERS, CompileOptions, target_options
 
 KINDS = ("softmax", "attention")
 
@@ -160,8 +160,14 @@ def _strategy(args: argparse.Namespace, kind: str) -> str:
     return fams[0].name if fams else registry.DEFAULT
 
 
+TIMER_HELP = ("how CPU modules are timed: 'runtime' (default: the IREE Python runtime, called "
+              "from an idle-priority thread so its spin-wait does not take a core from the "
+              "workers) or 'benchmark-module' (iree-benchmark-module)")
+
+
 def _config(args: argparse.Namespace, **kw: Any) -> HarnessConfig:
     opts = target_options(_target(args), CompileOptions(cpu=getattr(args, "target_cpu", "host")))
+    kw.setdefault("timer", getattr(args, "timer", None) or "runtime")
     return HarnessConfig(compiler=args.compiler, artifacts=args.artifacts, seed=args.seed,
                          compile=opts, **kw)
 
@@ -443,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", action="store_true", help="FILE: also measure the peak "
                    "resident memory of one call, tdkit's build vs IREE's default")
     p.add_argument("--rounds", type=int, default=2, help="timing rounds (default 2)")
+    p.add_argument("--timer", choices=TIMERS, default="runtime", help=TIMER_HELP)
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.set_defaults(fn=cmd_run)
 
@@ -456,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", action="store_true", help="attention: peak resident memory of "
                    "one call, strategy vs IREE's default on the plain linalg chain")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--timer", choices=TIMERS, default="runtime", help=TIMER_HELP)
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per round")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,...]",
                    help="also time the strategy with these knobs (on top of --knob), "

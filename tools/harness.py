@@ -49,6 +49,7 @@ class HarnessConfig:
     repetitions: int = 3  # iree-benchmark-module repetitions per round
     min_time_s: float = 0.05
     threads: int | None = None  # CPU threads for timing (IREE workers, peers); None: defaults
+    timer: str = "runtime"  # how local-task modules are timed (`RunOptions.timer`)
     compile: CompileOptions = field(default_factory=CompileOptions)
 
     def root(self) -> Path:
@@ -221,7 +222,7 @@ def device_for(cfg: HarnessConfig) -> tuple[RunOptions, str]:
     a machine where `iree-run-module` finds no such device)."""
     opts = cfg.compile
     if not opts.is_gpu:
-        return RunOptions(threads=cfg.threads), ""
+        return RunOptions(threads=cfg.threads, timer=cfg.timer), ""
     found = available_devices(opts.driver)
     if not found:
         return RunOptions(), (f"not run: no {opts.driver} device on this machine "

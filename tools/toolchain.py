@@ -3,8 +3,9 @@
 - `CompileOptions` (a frozen dataclass) and `compile_argv` (a pure function) describe a compile;
 - `compile_module` writes every artifact of one compile to one directory (payload.mlir,
   strategy.mlir, command.txt, stderr.txt, module.vmfb, configurations/);
-- `run_module` and `benchmark_module` execute a compiled module in a child process, so a
-  kernel that crashes or hangs cannot take tdkit down with it;
+- `run_module` and `benchmark_module` execute a compiled module in a child process (an iree-*
+  tool, or for timing `python -m tdkit.tools.rtimer`), so a kernel that crashes or hangs
+  cannot take tdkit down with it;
 - every call has a timeout, and failures raise `ToolError` carrying the command, the stderr
   tail and a one-line repro.
 """
@@ -418,6 +419,11 @@ class RunOptions:
     # local-task worker threads for timing (`--task_topology_group_count`); None: IREE's own
     # choice, one worker per physical core.
     threads: int | None = None
+    # How `benchmark_module` times a local-task module: "runtime" (`tdkit.tools.rtimer`: the IREE
+    # Python runtime, calls made from an idle-priority thread so the caller's spin-wait does not
+    # take a core from the workers) or "benchmark-module" (`iree-benchmark-module`). Other
+    # devices always use `iree-benchmark-module`.
+    timer: str = "runtime"
 
 
 def run_module(vmfb: Path, inputs: list[np.ndarray],
@@ -491,12 +497,21 @@ def thread_flags(opts: RunOptions) -> list[str]:
     return [f"--task_topology_group_count={opts.threads}"]
 
 
+TIMERS = ("runtime", "benchmark-module")
+
+
 def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
                      repetitions: int = 5, min_time_s: float = 0.05, warmup_s: float = 0.05,
                      opts: RunOptions = RunOptions()) -> Timing:
-    """Time `vmfb` with `iree-benchmark-module`: a warm-up, then `repetitions` repetitions of at
-    least `min_time_s` each; returns the mean time per call of every repetition."""
+    """Time `vmfb` in a child process: a warm-up, then `repetitions` repetitions of at least
+    `min_time_s` each; returns the mean time per call of every repetition. A local-task module
+    is timed by `opts.timer` (see `RunOptions.timer`), any other with `iree-benchmark-module`."""
+    if opts.timer not in TIMERS:
+        raise ValueError(f"unknown timer {opts.timer!r} (one of {', '.join(TIMERS)})")
     workdir.mkdir(parents=True, exist_ok=True)
+    if opts.timer == "runtime" and opts.device == "local-task":
+        return _time_in_runtime(vmfb, inputs, workdir, repetitions=repetitions,
+                                min_time_s=min_time_s, warmup_s=warmup_s, opts=opts)
     argv = [find_tool("iree-benchmark-module"), f"--device={opts.device}", f"--module={vmfb}",
             f"--function={opts.function}", *_input_flags(inputs, workdir),
             *thread_flags(opts), f"--benchmark_repetitions={repetitions}",
@@ -513,6 +528,34 @@ def benchmark_module(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *,
                     for b in report.get("benchmarks", []) if b.get("run_type") == "iteration")
     if not samples:
         raise ToolError("iree-benchmark-module reported no timings", argv=argv,
+                        stderr_tail=_tail(proc.stderr))
+    return Timing(samples)
+
+
+def _time_in_runtime(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *, repetitions: int,
+                     min_time_s: float, warmup_s: float, opts: RunOptions) -> Timing:
+    """`python -m tdkit.tools.rtimer`: the IREE Python runtime in a child process, calling from
+    an idle-priority thread."""
+    spec = []
+    for i, arr in enumerate(inputs):
+        path = workdir / f"input{i}.bin"
+        np.ascontiguousarray(arr).tofile(path)
+        spec.append({"path": str(path), "shape": list(arr.shape), "dtype": arr.dtype.name})
+    spec_path = workdir / "inputs.json"
+    spec_path.write_text(json.dumps(spec))
+    argv = [sys.executable, "-m", "tdkit.tools.rtimer", f"--module={vmfb}",
+            f"--function={opts.function}", f"--device={opts.device}", f"--inputs={spec_path}",
+            *(f"--flag={flag}" for flag in thread_flags(opts)),
+            f"--repetitions={repetitions}", f"--min-time={min_time_s}", f"--warmup={warmup_s}"]
+    proc = run_process(argv, timeout_s=opts.timeout_s, what="the runtime timer")
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        samples = tuple(float(x) for x in report["samples_ms"])
+    except (json.JSONDecodeError, IndexError, KeyError, TypeError, ValueError):
+        raise ToolError("the runtime timer printed no timings", argv=argv,
+                        stderr_tail=_tail(proc.stderr)) from None
+    if not samples:
+        raise ToolError("the runtime timer reported no timings", argv=argv,
                         stderr_tail=_tail(proc.stderr))
     return Timing(samples)
 
