@@ -57,7 +57,11 @@ class ConfigKnobs:
       key_tile: keys per step of the key loop (RK, the vector_reduction tile of K2).
     """
 
-    rows: int = 64
+    # 16 rows: side by side on 2 workers (2026-11-24, sixth session, 3 rounds) 16 rows ran
+    # 1.08x, 1.12x and 1.01x the speed of 64 at 8x1024x1024x64, 4x1024x1024x128 and
+    # 2x4096x4096x64 (8 rows: 1.11x, 1.17x, 0.98x; 32 rows: 1.06-1.10x, 1.04x, 0.88x): more,
+    # smaller workgroups balance the two workers better.
+    rows: int = 16
     value_cols: int = 0
     vector_rows: int = 8
     vector_cols: int = 64

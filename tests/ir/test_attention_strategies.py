@@ -348,7 +348,7 @@ def test_config_entry_annotates_compilation_info_and_marker(filecheck) -> None:
     family = registry.get("config")
     text = family.library_text(Attention((2, 3), 100, 300, 64, causal=True), ConfigKnobs())
     filecheck(text, """
-CHECK-DAG: #[[CFG:.*]] = #iree_cpu.lowering_config<distribution = [1, 64, 0, 0, 0],
+CHECK-DAG: #[[CFG:.*]] = #iree_cpu.lowering_config<distribution = [1, 16, 0, 0, 0],
 CHECK-SAME: vector_common_parallel = [1, 8, 0, 0, 64], vector_reduction = [0, 0, 0, 8, 0]>
 CHECK-DAG: #[[TI:.*]] = #iree_codegen.translation_info<
 CHECK-SAME: pipeline = #iree_cpu.pipeline<LinalgExtTileAndVectorize>>
