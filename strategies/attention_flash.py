@@ -67,7 +67,7 @@ from tdkit.matchers.attention import (
     predicate_name,
 )
 from tdkit.matchers.dtypes import DType
-from tdkit.strategies import iree_ops, steps
+from tdkit.strategies import iree_ops, steps, x86_bf16
 from tdkit.strategies.base import require
 from tdkit.strategies.library import LibraryEntry
 
@@ -118,6 +118,10 @@ class FlashKnobs:
         and P·V one key at a time (`unroll_matmuls`), each a rank-1 update of a register
         block, in that order; with rows = 32 each broadcast K / V element then feeds two
         FMAs. The library asks LLVM to keep that order (`KEEP_ORDER_FLAGS`).
+      bf16_dot: with bf16 inputs and `outer_products`, compute the packed Q·Kᵀ two head-dim
+        elements at a time with `vdpbf16ps` (AVX512_BF16; `tdkit.strategies.x86_bf16`)
+        instead of widening every element to f32; applied when the head dim is even
+        (`uses_bf16_dot`). `fit()` turns it off on a CPU without AVX512_BF16.
     """
 
     rows: int = 16
@@ -128,6 +132,7 @@ class FlashKnobs:
     value_tile: int = 8
     max_split: int = 4
     outer_products: bool = False
+    bf16_dot: bool = True
 
     def check(self, problem: Any = None) -> None:
         """Raise KnobError with one sentence for knob values, or combinations with the
@@ -144,6 +149,8 @@ class FlashKnobs:
                 "layout mlanes needs lowering=transform (IREE's passes reduce horizontally)")
         require(isinstance(self.outer_products, bool),
                 f"outer_products must be true or false, got {self.outer_products!r}")
+        require(isinstance(self.bf16_dot, bool),
+                f"bf16_dot must be true or false, got {self.bf16_dot!r}")
         require(isinstance(self.value_tile, int) and not isinstance(self.value_tile, bool)
                 and (self.value_tile == 0 or _is_pow2(self.value_tile)),
                 f"value_tile must be 0 (off) or a power of two, got {self.value_tile!r}")
@@ -207,6 +214,8 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     key_tile powers of two no larger than M and K2; key_tile 8 for bf16, and for f16 with head
     dims of 128 and more; value_tile 0 when it does not divide N, and for f16."""
     rows, key_tile = knobs.rows, knobs.key_tile
+    if knobs.bf16_dot and not x86_bf16.host_supports():
+        knobs = replace(knobs, bf16_dot=False)
     if max(problem.d, problem.value_dim) >= 128 and problem.dtype == DType.F16:
         # 16 keys per step: 0.51x at 4x1024x1024x128 f16 (side by side, 5 rounds). f32 keeps
         # 16: with the value tiles carried as vectors it measured 1.018x, 1.012x and 1.045x
@@ -523,7 +532,15 @@ def pack_query_rows(qk: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> 
     return structured.PackOp(_any(), qk, [], static_packed_sizes=sizes).result
 
 
-def unroll_matmuls(func: ir.Value, pred: CodegenPredicate) -> None:
+def uses_bf16_dot(knobs: FlashKnobs, pred: CodegenPredicate) -> bool:
+    """Whether the packed Q·Kᵀ runs on `vdpbf16ps` (`FlashKnobs.bf16_dot`): bf16 inputs, the
+    packed outer-product kernel, an even head dim and whole 16-lane row vectors."""
+    return (knobs.bf16_dot and unrolls_matmuls(knobs) and pred.dtype == DType.BF16
+            and pred.head_dim is not None and pred.head_dim % 2 == 0
+            and pred.value_dim is not None and knobs.rows % x86_bf16.LANES == 0)
+
+
+def unroll_matmuls(func: ir.Value, pred: CodegenPredicate, step: int = 1) -> None:
     """Unroll the reduction of every marked matmul, Q·Kᵀ `(b, k1, k2, m)` over the head dim
     and P·V `(b, k2, n, m)` over the keys (after the value tiles were split off), into
     rank-1 updates (`tile_using_for` by 1, then a full unroll): the vectorized key step is
@@ -545,14 +562,15 @@ def unroll_matmuls(func: ir.Value, pred: CodegenPredicate) -> None:
                                 op_attrs={OUTER_PRODUCTS_ATTR: ir.UnitAttr.get()}).result
     each = transform.ForeachOp([], [marked])
     with ir.InsertionPoint(each.body):
-        tiled = structured.TileUsingForOp(each.body.arguments[0], sizes=batch + [1, 0, 0])
+        tiled = structured.TileUsingForOp(each.body.arguments[0], sizes=batch + [step, 0, 0])
         loop.LoopUnrollFullOp(tiled.loops[0])
         transform.YieldOp()
     rolled = structured.MatchOp(_any(), func, ops=["linalg.generic"],
                                 op_attrs={ROLLED_QK_ATTR: ir.UnitAttr.get()}).result
     each = transform.ForeachOp([], [rolled])
     with ir.InsertionPoint(each.body):
-        tiled = structured.TileUsingForOp(each.body.arguments[0], sizes=batch + [1, 0, 0, 0])
+        tiled = structured.TileUsingForOp(each.body.arguments[0],
+                                          sizes=batch + [step, 0, 0, 0])
         loop.LoopUnrollOp(tiled.loops[0], factor=QK_UNROLL)
         transform.YieldOp()
 
@@ -779,6 +797,12 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
     (inside a module with `transform.with_named_sequence`)."""
     knobs.check()
     dims = Dims(pred.rank)
+    bf16_dot = uses_bf16_dot(knobs, pred)
+    if bf16_dot:  # module-level helper, matcher and action next to the spec
+        value_tile = knobs.value_tile if tiles_values(pred, knobs) else pred.value_dim
+        dot_pairs = x86_bf16.emit(name, pred.batched,
+                                  [("qk", (knobs.key_tile, 1)), ("pv", (value_tile,))],
+                                  knobs.rows)
     seq = transform.NamedSequenceOp(name, [_any()], [],
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
@@ -795,11 +819,15 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         if splits_max(knobs):
             split_maxima(func, pred, knobs)
         if unrolls_matmuls(knobs):
-            unroll_matmuls(func, pred)
+            unroll_matmuls(func, pred, step=2 if bf16_dot else 1)
         func = vectorize(func, knobs, tiles_values(pred, knobs))
+        if bf16_dot:
+            func = x86_bf16.use_dot(func, dot_pairs)
         func = bufferize(func)
         func = lower_vectors(func, knobs)
         iree_ops.annotate(func, "translation_info", iree_ops.translation_info_no_pipeline())
+        if bf16_dot:
+            x86_bf16.drop_helpers(func)
         transform.YieldOp()
     return seq
 

@@ -55,6 +55,33 @@ def populate_workgroup_count_region_using_num_threads_slice(forall: ir.Value) ->
     _create("transform.iree.populate_workgroup_count_region_using_num_threads_slice", [forall])
 
 
+def nearest_symbol_table(target: ir.Value) -> ir.Value:
+    """`transform.util.get_nearest_symbol_table`: the module (symbol table) around `target`."""
+    return _create("transform.util.get_nearest_symbol_table", [target], [any_op()]).result
+
+
+def import_symbol(symbol: str, into: ir.Value) -> ir.Value:
+    """`transform.util.import_symbol @symbol into %into if undefined`: copy a symbol of the
+    transform library (e.g. a `util.func`) into the payload symbol table `into`."""
+    return _create("transform.util.import_symbol", [into], [any_op()], {
+        "symbol": ir.FlatSymbolRefAttr.get(symbol),
+        "if_undefined": ir.UnitAttr.get()}).result
+
+
+def inline_call(function: ir.Value, inputs: ir.Value, outputs: ir.Value,
+                after: ir.Value) -> None:
+    """`transform.util.cast_and_call inline_call %function(%inputs) -> %outputs after %after`:
+    inline the body of a `util.func` after `after`, taking `inputs`, and replace the uses of
+    `outputs` by what it returns (the replaced ops stay until dead-code elimination)."""
+    op = ir.Operation.create(
+        "transform.util.cast_and_call", results=[],
+        operands=[after, inputs, outputs, function],
+        attributes={"inline_call": ir.UnitAttr.get(), "insert_after": ir.UnitAttr.get(),
+                    "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, 1, 1, 1])},
+        regions=1)
+    op.regions[0].blocks.append()
+
+
 def apply_licm(target: ir.Value) -> None:
     """`transform.iree.apply_licm`: loop-invariant code motion and single-iteration loop
     promotion on every func within `target`."""

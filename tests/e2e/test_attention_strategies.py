@@ -23,6 +23,7 @@ from tdkit.matchers.attention import (
 )
 from tdkit.matchers.attention_problem import Attention
 from tdkit.matchers.dtypes import DType
+from tdkit.strategies import x86_bf16
 from tdkit.tools.harness import HarnessConfig, build, execute, run_problem
 from tdkit.tools.inspect import strategy_ir
 from tdkit.tools.toolchain import CompileOptions, compile_module, run_module
@@ -191,6 +192,28 @@ CHECK: scf.for %{{.*}} = %c0 to %c320 step %c8
 CHECK: scf.for %[[D:.*]] = %c0 to %c64 step %c4 iter_args(%{{.*}}) -> (vector<8x32xf32>)
 CHECK: vector.load %[[Q]][%c0, %c0, %[[D]], %c0] : memref<1x1x64x32xf32>, vector<32xf32>
 """)
+
+
+@pytest.mark.skipif(not x86_bf16.host_supports(), reason="needs a CPU with AVX512_BF16")
+@pytest.mark.parametrize("batch", [(1,), (2,)], ids=["unbatched", "batched"])
+def test_flash_bf16_runs_both_matmuls_on_vdpbf16ps(batch, filecheck, tmp_path: Path) -> None:
+    # bf16 outer-product blocks: the dispatch right after the strategy calls vdpbf16ps for
+    # Q·Kᵀ (8 keys x 2 halves of 32 rows per head-dim pair) and P·V (8 value columns x 2
+    # halves per key pair), with no widening multiply left; a remainder key tile of 5 (K2 =
+    # 133) keeps the widening FMAs for its odd key. Numerics against the float64 reference.
+    problem = Attention(batch, 64, 133, 64, dtype=BF16)
+    text = strategy_ir(problem, "flash", BLOCKED_HALF, form=None,
+                       cfg=HarnessConfig(artifacts=tmp_path / "ir"))
+    filecheck(text, """
+CHECK: llvm.call_intrinsic "llvm.x86.avx512bf16.dpbf16ps.512"
+CHECK-SAME: (vector<16xf32>, vector<32xbf16>, vector<32xbf16>) -> vector<16xf32>
+CHECK-NOT: util.func
+""")
+    assert text.count("llvm.x86.avx512bf16.dpbf16ps.512") >= 2 * 8 * 2
+    d = run_problem(problem, "flash", knobs=BLOCKED_HALF,
+                    cfg=HarnessConfig(artifacts=tmp_path / "run")).as_dict()
+    assert d["applied"] and d["ok"], d
+    assert d["max_abs_err"] <= d["tolerance"]
 
 
 @pytest.mark.parametrize("knobs", [None, BLOCKED], ids=["16 rows", "32-row outer products"])

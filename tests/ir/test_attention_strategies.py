@@ -609,3 +609,76 @@ CHECK-NEXT: %[[GEN2:.*]], %{{.*}} = transform.structured.fuse_into_containing_op
 CHECK-NEXT: transform.structured.vectorize %[[GEN2]]
 CHECK: transform.iree.decompose_aggregate_op
 """)
+
+
+def test_flash_bf16_dot_pairs_both_matmuls_on_vdpbf16ps(filecheck) -> None:
+    # bf16 outer-product blocks: both reductions step by 2 (a pair per vdpbf16ps lane); after
+    # vectorization a foreach_match inlines the transform library's util.func helpers in place
+    # of the pair reductions it finds by type, fails unless a vdpbf16ps call exists, and
+    # symbol-dce drops the imported helpers after the translation_info is set.
+    text = flash_library(Attention((2,), 64, 64, 64, dtype=DType.BF16), rows=32, key_tile=8,
+                         value_tile=8, max_split=2, outer_products=True)
+    filecheck(text, """
+CHECK-LABEL: util.func private @tdkit_attention_flash_b_bf16_qk_dot_bf16(
+CHECK-SAME: vector<1x8x1x32xf32>, %{{.*}}: vector<1x2x8x1x32xbf16>, %{{.*}}: vector<1x2x8x1x32xbf16>
+CHECK: vector.shuffle {{.*}} [0, 16, 1, 17, 2, 18
+CHECK: llvm.call_intrinsic "llvm.x86.avx512bf16.dpbf16ps.512"
+CHECK-SAME: (vector<16xf32>, vector<32xbf16>, vector<32xbf16>) -> vector<16xf32>
+CHECK: util.return
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_qk_bf16_pairs_match(
+CHECK: transform.match.operation_name %{{.*}} ["vector.multi_reduction"]
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x8x1x32xf32>
+CHECK: transform.match.operation_name %{{.*}} ["arith.mulf"]
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x8x1x32xbf16>
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_qk_bf16_pairs_dot(
+CHECK: transform.util.import_symbol @tdkit_attention_flash_b_bf16_qk_dot_bf16 into
+CHECK: transform.util.cast_and_call inline_call
+CHECK-LABEL: util.func private @tdkit_attention_flash_b_bf16_pv_dot_bf16(
+CHECK-SAME: vector<1x8x32xf32>, %{{.*}}: vector<1x2x8x32xbf16>
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16(
+CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 2, 0, 0]
+CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 2, 0, 0, 0]
+CHECK: transform.structured.vectorize_children_and_apply_patterns
+CHECK: transform.foreach_match in %{{.*}}
+CHECK-NEXT: @[[S:tdkit_attention_flash_b_bf16]]_qk_bf16_pairs_match -> @[[S]]_qk_bf16_pairs_dot
+CHECK-NEXT: @[[S]]_pv_bf16_pairs_match -> @[[S]]_pv_bf16_pairs_dot
+CHECK: transform.structured.match ops{["llvm.call_intrinsic"]}
+CHECK-NEXT: transform.split_handle {{.*}} overflow_result = 0
+CHECK: transform.iree.bufferize
+CHECK: transform.annotate %{{.*}} "translation_info"
+CHECK-NEXT: transform.util.get_nearest_symbol_table
+CHECK-NEXT: transform.apply_registered_pass "symbol-dce"
+""")
+    off = flash_library(Attention((2,), 64, 64, 64, dtype=DType.BF16), rows=32, key_tile=8,
+                        value_tile=8, max_split=2, outer_products=True, bf16_dot=False)
+    assert "dpbf16ps" not in off and "tile_sizes [0, 2, 0, 0]" not in off
+    # f32, an odd head dim, and the 16-row kernel without outer products keep the FMAs.
+    for problem, knobs in [(Attention((2,), 64, 64, 64), BLOCKED),
+                           (Attention((2,), 64, 64, 65, n=64, dtype=DType.BF16), BLOCKED),
+                           (Attention((2,), 64, 64, 64, dtype=DType.BF16), FlashKnobs())]:
+        assert "dpbf16ps" not in flash_library(problem, **knobs.__dict__)
+
+
+def test_flash_bf16_dot_knob_is_checked() -> None:
+    with pytest.raises(KnobError, match="bf16_dot must be true or false"):
+        FlashKnobs(bf16_dot="yes").check()
+
+
+def test_bf16_dot_helper_verifies() -> None:
+    from iree.compiler.dialects import builtin
+
+    from tdkit.strategies import x86_bf16
+
+    with ir.Context() as ctx, ir.Location.unknown():
+        ctx.allow_unregistered_dialects = False
+        module = builtin.ModuleOp()
+        with ir.InsertionPoint(module.body):
+            x86_bf16.build_dot_helper("h", False, (4,), 32)
+        assert module.operation.verify()
+        text = str(module)
+    assert text.count("llvm.call_intrinsic") == 4 * 2  # 4 rows x 2 sixteen-lane halves
+    with pytest.raises(ValueError, match="multiple of 16"):
+        with ir.Context(), ir.Location.unknown():
+            module = builtin.ModuleOp()
+            with ir.InsertionPoint(module.body):
+                x86_bf16.build_dot_helper("h", False, (4,), 8)

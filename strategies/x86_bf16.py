@@ -1,0 +1,183 @@
+"""`vdpbf16ps` for the flash kernel's bf16 score blocks: two head-dim products per lane.
+
+IREE 3.13 never emits `vdpbf16ps` (AVX512_BF16): it registers no `x86vector` dialect, and LLVM
+does not form the instruction from `fpext` + `fma` (it rounds differently). A bf16 kernel
+therefore widens every element to f32 and runs f32 FMAs, at best the f32 rate, while this
+instruction does 32 bf16 products (16 pairs) per FMA slot.
+
+This module makes the packed Q·Kᵀ of the `outer_products` kernel use it. The head-dim loop is
+tiled by 2 (`unroll_matmuls`), so each vectorized step is
+
+    acc(k2, m) += sum over p < 2 of extf(A[p, k2, m]) * extf(B[p, k2, m])
+
+(a `vector.multi_reduction <add>` over the pair of `arith.mulf(arith.extf, arith.extf)`, with A
+and B the broadcast Q rows and K elements). A matcher (`build_pair_matcher`) finds exactly
+these reductions by their types; the action (`build_pair_action`) imports a helper
+`util.func` (`build_dot_helper`) from the transform library into the dispatch's module and
+inlines it in place of the reduction (`transform.util.import_symbol`,
+`transform.util.cast_and_call inline_call`). The helper interleaves each pair of 16-lane
+slices and calls `llvm.x86.avx512bf16.dpbf16ps.512` through `llvm.call_intrinsic`: lane i gets
+A[0,i]·B[0,i] + A[1,i]·B[1,i], which is the reduction's own definition for any A and B, so
+the operand order does not matter. `drop_helpers` removes the imported helper afterwards
+(`symbol-dce`), since IREE's LLVM conversion rejects a leftover `util.func`.
+
+The products are exact and summed in f32 (the instruction flushes denormals): results differ
+from the widening path in the last f32 bits, far inside the bf16 tolerance.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from iree.compiler import ir
+from iree.compiler.dialects import llvm, transform, util, vector
+from iree.compiler.dialects import preprocessing_transform as pre
+from iree.compiler.dialects.transform import structured
+
+from tdkit.strategies import iree_ops
+
+INTRINSIC = "llvm.x86.avx512bf16.dpbf16ps.512"
+LANES = 16  # f32 lanes of one vdpbf16ps (512 bits)
+CPU_FLAG = "avx512_bf16"  # /proc/cpuinfo
+
+
+def host_supports() -> bool:
+    """Whether this machine's CPU has AVX512_BF16 (the library targets the host CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(CPU_FLAG in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def pair_types(batched: bool, mid: Sequence[int], rows: int
+               ) -> tuple[ir.Type, ir.Type, ir.Type]:
+    """(accumulator, bf16 operand, f32 product) vector types of one block step:
+    `[1,] mid x rows` f32 and `[1,] 2 x mid x rows`. `mid` is `(key_tile, 1)` for Q·Kᵀ's
+    score block, `(value_tile,)` for P·V's accumulator tile."""
+    lead = [1] if batched else []
+    f32, bf16 = ir.F32Type.get(), ir.BF16Type.get()
+    return (ir.VectorType.get(lead + [*mid, rows], f32),
+            ir.VectorType.get(lead + [2, *mid, rows], bf16),
+            ir.VectorType.get(lead + [2, *mid, rows], f32))
+
+
+def build_dot_helper(symbol: str, batched: bool, mid: Sequence[int], rows: int
+                     ) -> util.FuncOp:
+    """`util.func private @symbol(%acc, %a, %b) -> acc type` at the current insertion point:
+    for every row of the block and 16-lane slice, `vdpbf16ps(acc, interleave(a0, a1),
+    interleave(b0, b1))`."""
+    if rows % LANES:
+        raise ValueError(f"rows must be a multiple of {LANES} for vdpbf16ps, got {rows}")
+    acc_t, src_t, _ = pair_types(batched, mid, rows)
+    lead = [0] if batched else []
+    f32x16 = ir.VectorType.get([LANES], ir.F32Type.get())
+    bf16x16 = ir.VectorType.get([LANES], ir.BF16Type.get())
+    interleave = [i // 2 + (LANES if i % 2 else 0) for i in range(2 * LANES)]
+    fn = util.FuncOp(symbol, ir.TypeAttr.get(ir.FunctionType.get([acc_t, src_t, src_t],
+                                                                 [acc_t])),
+                     sym_visibility="private")
+    block = fn.body.blocks.append(acc_t, src_t, src_t)
+    acc, a, b = block.arguments
+    with ir.InsertionPoint(block):
+        result = acc
+        for j in itertools.product(*(range(n) for n in mid)):
+            row = vector.extract(acc, [], lead + list(j))
+            pairs = [[vector.extract(src, [], lead + [p, *j]) for p in range(2)]
+                     for src in (a, b)]
+            for h in range(rows // LANES):
+                def lanes(v: ir.Value, t: ir.Type, h: int = h) -> ir.Value:
+                    return vector.extract_strided_slice(t, v, [h * LANES], [LANES], [1])
+                ai, bi = (vector.shuffle(lanes(p0, bf16x16), lanes(p1, bf16x16), interleave)
+                          for p0, p1 in pairs)
+                dot = llvm.call_intrinsic(f32x16, INTRINSIC, [lanes(row, f32x16), ai, bi],
+                                          [], [])
+                result = vector.insert_strided_slice(dot, result, lead + [*j, h * LANES],
+                                                     [1])
+        util.return_([result])
+    return fn
+
+
+def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int
+                       ) -> transform.NamedSequenceOp:
+    """`@name(%op) -> (acc, a, b, op)`: a `vector.multi_reduction` of
+    `arith.mulf(arith.extf(a), arith.extf(b))` with exactly the block step's types."""
+    acc_t, src_t, prod_t = pair_types(batched, mid, rows)
+    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
+    seq = transform.NamedSequenceOp(name, [any_op], [any_value] * 3 + [any_op],
+                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
+    with ir.InsertionPoint(seq.body):
+        op = seq.bodyTarget
+        transform.MatchOperationNameOp(op, ["vector.multi_reduction"])
+        pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, op, [0]).result,
+                                       prod_t)
+        acc = transform.GetOperandOp(any_value, op, [1]).result
+        pre.MatchCastCompatibleTypesOp(acc, acc_t)
+        mul = transform.GetProducerOfOperand(any_op, op, 0).result
+        transform.MatchOperationNameOp(mul, ["arith.mulf"])
+        operands = []
+        for i in range(2):
+            ext = transform.GetProducerOfOperand(any_op, mul, i).result
+            transform.MatchOperationNameOp(ext, ["arith.extf"])
+            value = transform.GetOperandOp(any_value, ext, [0]).result
+            pre.MatchCastCompatibleTypesOp(value, src_t)
+            operands.append(value)
+        transform.YieldOp([acc, *operands, op])
+    return seq
+
+
+def build_pair_action(name: str, helper: str) -> transform.NamedSequenceOp:
+    """`@name(acc, a, b, op)`: import `@helper` into the dispatch's module and inline it
+    in place of the reduction `op` (replacing the uses of its result)."""
+    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
+    readonly = {"transform.readonly": ir.UnitAttr.get()}
+    seq = transform.NamedSequenceOp(name, [any_value] * 3 + [any_op], [],
+                                    arg_attrs=[readonly] * 4)
+    with ir.InsertionPoint(seq.body):
+        acc, a, b, op = seq.body.arguments
+        out = transform.GetResultOp(any_value, op, [0]).result
+        module = iree_ops.nearest_symbol_table(op)
+        fn = iree_ops.import_symbol(helper, module)
+        inputs = transform.MergeHandlesOp([acc, a, b]).result
+        iree_ops.inline_call(fn, inputs, out, op)
+        transform.YieldOp()
+    return seq
+
+
+def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], rows: int
+         ) -> list[tuple[str, str]]:
+    """For each (tag, mid) block shape, the helper, matcher and action of spec `spec`, at the
+    current insertion point (the transform library's module body); returns the (matcher,
+    action) names."""
+    pairs = []
+    for tag, mid in blocks:
+        helper = f"{spec}_{tag}_dot_bf16"
+        build_dot_helper(helper, batched, mid, rows)
+        matcher, action = f"{spec}_{tag}_bf16_pairs_match", f"{spec}_{tag}_bf16_pairs_dot"
+        build_pair_matcher(matcher, batched, mid, rows)
+        build_pair_action(action, helper)
+        pairs.append((matcher, action))
+    return pairs
+
+
+def use_dot(func: ir.Value, pairs: Sequence[tuple[str, str]]) -> ir.Value:
+    """Inside a codegen spec, after vectorization: replace every matching block step in
+    `func`; returns the func handle."""
+    any_op = transform.AnyOpType.get()
+    matchers = ir.ArrayAttr.get([ir.FlatSymbolRefAttr.get(m) for m, _ in pairs])
+    actions = ir.ArrayAttr.get([ir.FlatSymbolRefAttr.get(a) for _, a in pairs])
+    updated = transform.ForeachMatchOp(any_op, [], func, [], matchers, actions)
+    transform.ApplyDeadCodeEliminationOp(updated.updated)
+    # Not applied is an error, not a silent fallback to the widening path: fail unless at
+    # least one `vdpbf16ps` call is there.
+    calls = structured.MatchOp.match_op_names(updated.updated,
+                                                         ["llvm.call_intrinsic"]).result
+    transform.SplitHandleOp([any_op], calls, pass_through_empty_handle=False, overflow_result=0)
+    return updated.updated
+
+
+def drop_helpers(func: ir.Value) -> None:
+    """Remove the imported (now unused) helpers: `symbol-dce` on the func's module. Invalidates
+    handles to ops in that module, so it comes last."""
+    iree_ops.apply_registered_pass(iree_ops.nearest_symbol_table(func), "symbol-dce")
