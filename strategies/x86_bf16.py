@@ -5,14 +5,15 @@ does not form the instruction from `fpext` + `fma` (it rounds differently). A bf
 therefore widens every element to f32 and runs f32 FMAs, at best the f32 rate, while this
 instruction does 32 bf16 products (16 pairs) per FMA slot.
 
-This module makes the packed Q·Kᵀ of the `outer_products` kernel use it. The head-dim loop is
-tiled by 2 (`unroll_matmuls`), so each vectorized step is
+This module puts both matmuls of the `outer_products` kernel on it. The packed Q·Kᵀ's head-dim
+loop and P·V's keys are stepped by 2 (`unroll_matmuls`), so each vectorized step is
 
-    acc(k2, m) += sum over p < 2 of extf(A[p, k2, m]) * extf(B[p, k2, m])
+    acc(j, m) += sum over p < 2 of extf(A[p, j, m]) * extf(B[p, j, m])
 
-(a `vector.multi_reduction <add>` over the pair of `arith.mulf(arith.extf, arith.extf)`, with A
-and B the broadcast Q rows and K elements). A matcher (`build_pair_matcher`) finds exactly
-these reductions by their types; the action (`build_pair_action`) imports a helper
+(a `vector.multi_reduction <add>` over the pair of `arith.mulf(arith.extf, arith.extf)`: for
+Q·Kᵀ, j is the key and A, B the broadcast Q rows and K elements; for P·V, j is the value
+column and A, B the broadcast P columns and V elements). A matcher (`build_pair_matcher`)
+finds exactly these reductions by their types; the action (`build_pair_action`) imports a helper
 `util.func` (`build_dot_helper`) from the transform library into the dispatch's module and
 inlines it in place of the reduction (`transform.util.import_symbol`,
 `transform.util.cast_and_call inline_call`). The helper interleaves each pair of 16-lane
