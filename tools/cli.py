@@ -167,7 +167,8 @@ TIMER_HELP = ("how CPU modules are timed: 'runtime' (default: the IREE Python ru
 
 def _config(args: argparse.Namespace, **kw: Any) -> HarnessConfig:
     opts = target_options(_target(args), CompileOptions(cpu=getattr(args, "target_cpu", "host")))
-    kw.setdefault("timer", getattr(args, "timer", None) or "runtime")
+    if getattr(args, "timer", None):  # commands without --timer keep HarnessConfig's default
+        kw.setdefault("timer", args.timer)
     return HarnessConfig(compiler=args.compiler, artifacts=args.artifacts, seed=args.seed,
                          compile=opts, **kw)
 

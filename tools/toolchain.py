@@ -398,11 +398,17 @@ def iree_type_name(dtype: np.dtype) -> str:
         raise ValueError(f"unsupported array dtype {dtype}") from None
 
 
+def _write_inputs(inputs: list[np.ndarray], workdir: Path) -> list[Path]:
+    """Write each input's raw bytes to `workdir/input<i>.bin`; returns the paths."""
+    paths = [workdir / f"input{i}.bin" for i in range(len(inputs))]
+    for arr, path in zip(inputs, paths, strict=True):
+        np.ascontiguousarray(arr).tofile(path)
+    return paths
+
+
 def _input_flags(inputs: list[np.ndarray], workdir: Path) -> list[str]:
     flags = []
-    for i, arr in enumerate(inputs):
-        path = workdir / f"input{i}.bin"
-        np.ascontiguousarray(arr).tofile(path)
+    for arr, path in zip(inputs, _write_inputs(inputs, workdir), strict=True):
         shape = "x".join(str(d) for d in arr.shape)
         type_spec = f"{shape}x{iree_type_name(arr.dtype)}" if shape else iree_type_name(arr.dtype)
         flags.append(f"--input={type_spec}=@{path}")
@@ -536,11 +542,8 @@ def _time_in_runtime(vmfb: Path, inputs: list[np.ndarray], workdir: Path, *, rep
                      min_time_s: float, warmup_s: float, opts: RunOptions) -> Timing:
     """`python -m tdkit.tools.rtimer`: the IREE Python runtime in a child process, calling from
     an idle-priority thread."""
-    spec = []
-    for i, arr in enumerate(inputs):
-        path = workdir / f"input{i}.bin"
-        np.ascontiguousarray(arr).tofile(path)
-        spec.append({"path": str(path), "shape": list(arr.shape), "dtype": arr.dtype.name})
+    spec = [{"path": str(path), "shape": list(arr.shape), "dtype": arr.dtype.name}
+            for arr, path in zip(inputs, _write_inputs(inputs, workdir), strict=True)]
     spec_path = workdir / "inputs.json"
     spec_path.write_text(json.dumps(spec))
     argv = [sys.executable, "-m", "tdkit.tools.rtimer", f"--module={vmfb}",
