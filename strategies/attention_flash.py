@@ -118,10 +118,11 @@ class FlashKnobs:
         and P·V one key at a time (`unroll_matmuls`), each a rank-1 update of a register
         block, in that order; with rows = 32 each broadcast K / V element then feeds two
         FMAs. The library asks LLVM to keep that order (`KEEP_ORDER_FLAGS`).
-      bf16_dot: with bf16 inputs and `outer_products`, compute the packed Q·Kᵀ two head-dim
-        elements at a time with `vdpbf16ps` (AVX512_BF16; `tdkit.strategies.x86_bf16`)
-        instead of widening every element to f32; applied when the head dim is even
-        (`uses_bf16_dot`). `fit()` turns it off on a CPU without AVX512_BF16.
+      bf16_dot: with bf16 inputs and `outer_products`, compute both matmuls two reduction
+        elements at a time (Q·Kᵀ's head dim, P·V's keys) with `vdpbf16ps` (AVX512_BF16;
+        `tdkit.strategies.x86_bf16`) instead of widening every element to f32; applied when
+        the head dim is even and N known (`uses_bf16_dot`). `fit()` turns it off on a CPU
+        without AVX512_BF16.
     """
 
     rows: int = 16
@@ -533,8 +534,8 @@ def pack_query_rows(qk: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> 
 
 
 def uses_bf16_dot(knobs: FlashKnobs, pred: CodegenPredicate) -> bool:
-    """Whether the packed Q·Kᵀ runs on `vdpbf16ps` (`FlashKnobs.bf16_dot`): bf16 inputs, the
-    packed outer-product kernel, an even head dim and whole 16-lane row vectors."""
+    """Whether both matmuls run on `vdpbf16ps` (`FlashKnobs.bf16_dot`): bf16 inputs, the
+    packed outer-product kernel, an even head dim, a known N and whole 16-lane row vectors."""
     return (knobs.bf16_dot and unrolls_matmuls(knobs) and pred.dtype == DType.BF16
             and pred.head_dim is not None and pred.head_dim % 2 == 0
             and pred.value_dim is not None and knobs.rows % x86_bf16.LANES == 0)
@@ -550,6 +551,9 @@ def unroll_matmuls(func: ir.Value, pred: CodegenPredicate, step: int = 1) -> Non
     adds, and LLVM's scheduling of that (or, with 32 rows, of the two halves of every
     vector) spilled products and broadcasts: 3994 stack stores per step at rows 32 x 8 keys
     x head dim 128, against 560 unrolled.
+
+    With `step` 2 (`uses_bf16_dot`) every update takes a pair of reduction elements instead,
+    which `x86_bf16.use_dot` turns into `vdpbf16ps`.
 
     Q·Kᵀ, packed by `pack_query_rows`, keeps its head-dim loop: tiled by 1 and unrolled by
     `QK_UNROLL`, each iteration loads one contiguous Q column pair and updates the score

@@ -28,6 +28,7 @@ from the widening path in the last f32 bits, far inside the bf16 tolerance.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -43,6 +44,7 @@ LANES = 16  # f32 lanes of one vdpbf16ps (512 bits)
 CPU_FLAG = "avx512_bf16"  # /proc/cpuinfo
 
 
+@functools.cache
 def host_supports() -> bool:
     """Whether this machine's CPU has AVX512_BF16 (the library targets the host CPU)."""
     try:
@@ -170,11 +172,11 @@ def use_dot(func: ir.Value, pairs: Sequence[tuple[str, str]]) -> ir.Value:
     actions = ir.ArrayAttr.get([ir.FlatSymbolRefAttr.get(a) for _, a in pairs])
     updated = transform.ForeachMatchOp(any_op, [], func, [], matchers, actions)
     transform.ApplyDeadCodeEliminationOp(updated.updated)
-    # Not applied is an error, not a silent fallback to the widening path: fail unless at
-    # least one `vdpbf16ps` call is there.
-    calls = structured.MatchOp.match_op_names(updated.updated,
-                                                         ["llvm.call_intrinsic"]).result
-    transform.SplitHandleOp([any_op], calls, pass_through_empty_handle=False, overflow_result=0)
+    # Not applied is an error, not a silent fallback to the widening path: every block shape's
+    # action must have run, i.e. imported its helper (once) into the dispatch's module.
+    helpers = structured.MatchOp.match_op_names(iree_ops.nearest_symbol_table(updated.updated),
+                                                ["util.func"]).result
+    transform.SplitHandleOp([any_op] * len(pairs), helpers, pass_through_empty_handle=False)
     return updated.updated
 
 

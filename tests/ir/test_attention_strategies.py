@@ -614,7 +614,8 @@ CHECK: transform.iree.decompose_aggregate_op
 def test_flash_bf16_dot_pairs_both_matmuls_on_vdpbf16ps(filecheck) -> None:
     # bf16 outer-product blocks: both reductions step by 2 (a pair per vdpbf16ps lane); after
     # vectorization a foreach_match inlines the transform library's util.func helpers in place
-    # of the pair reductions it finds by type, fails unless a vdpbf16ps call exists, and
+    # of the pair reductions it finds by type, fails unless both helpers were imported (each
+    # block shape was replaced at least once), and
     # symbol-dce drops the imported helpers after the translation_info is set.
     text = flash_library(Attention((2,), 64, 64, 64, dtype=DType.BF16), rows=32, key_tile=8,
                          value_tile=8, max_split=2, outer_products=True)
@@ -642,8 +643,10 @@ CHECK: transform.structured.vectorize_children_and_apply_patterns
 CHECK: transform.foreach_match in %{{.*}}
 CHECK-NEXT: @[[S:tdkit_attention_flash_b_bf16]]_qk_bf16_pairs_match -> @[[S]]_qk_bf16_pairs_dot
 CHECK-NEXT: @[[S]]_pv_bf16_pairs_match -> @[[S]]_pv_bf16_pairs_dot
-CHECK: transform.structured.match ops{["llvm.call_intrinsic"]}
-CHECK-NEXT: transform.split_handle {{.*}} overflow_result = 0
+CHECK: %[[MOD:.*]] = transform.util.get_nearest_symbol_table
+CHECK-NEXT: %[[HELPERS:.*]] = transform.structured.match ops{["util.func"]} in %[[MOD]]
+CHECK-NEXT: transform.split_handle %[[HELPERS]] pass_through_empty_handle = false
+CHECK-SAME: -> (!transform.any_op, !transform.any_op)
 CHECK: transform.iree.bufferize
 CHECK: transform.annotate %{{.*}} "translation_info"
 CHECK-NEXT: transform.util.get_nearest_symbol_table
