@@ -65,6 +65,29 @@ def test_bench_threads_out_of_range(capsys: pytest.CaptureFixture[str], threads:
     assert len(err.splitlines()) == 1 and "argument --threads" in err, err
 
 
+@pytest.mark.parametrize("sub", ["run", "bench"])
+def test_unknown_timer(capsys: pytest.CaptureFixture[str], sub: str) -> None:
+    """A usage error of argparse: exit 2 with one line, before anything compiles."""
+    with pytest.raises(SystemExit) as info:
+        main([sub, "attention", "--shape", "1x16x16x16", "--timer", "stopwatch"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument --timer" in err, err
+
+
+def test_timer_reaches_the_harness_config() -> None:
+    from tdkit.tools.cli import _config, build_parser
+
+    parser = build_parser()
+    chosen = parser.parse_args(["bench", "attention", "--shape", "1x16x16x16", "--timer",
+                                "benchmark-module"])
+    assert _config(chosen).timer == "benchmark-module"
+    default = parser.parse_args(["bench", "attention", "--shape", "1x16x16x16"])
+    assert _config(default).timer == "runtime"
+    no_flag = parser.parse_args(["smoke", "--quick"])  # smoke has no --timer
+    assert _config(no_flag).timer == "runtime"
+
+
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--variant", "key_tile=8"], "name it with --strategy"),
     (["--strategy", "flash", "--variant", "key_tile"], "bad --variant"),
