@@ -806,7 +806,7 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         value_tile = knobs.value_tile if tiles_values(pred, knobs) else pred.value_dim
         dot_pairs = x86_bf16.emit(name, pred.batched,
                                   [("qk", (knobs.key_tile, 1)), ("pv", (value_tile,))],
-                                  knobs.rows)
+                                  knobs.rows, trunc_keys=knobs.key_tile)
     seq = transform.NamedSequenceOp(name, [_any()], [],
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):

@@ -33,13 +33,16 @@ import itertools
 from collections.abc import Sequence
 
 from iree.compiler import ir
-from iree.compiler.dialects import llvm, transform, util, vector
+from iree.compiler.dialects import arith, llvm, transform, util, vector
 from iree.compiler.dialects import preprocessing_transform as pre
 from iree.compiler.dialects.transform import structured
 
 from tdkit.strategies import iree_ops
 
 INTRINSIC = "llvm.x86.avx512bf16.dpbf16ps.512"
+# Two 16-lane f32 vectors (a, b) to 32 bf16 lanes [b, a], rounding to nearest even.
+CVT2_INTRINSIC = "llvm.x86.avx512bf16.cvtne2ps2bf16.512"
+CVT_INTRINSIC = "llvm.x86.avx512bf16.cvtneps2bf16.512"  # one 16-lane f32 vector
 LANES = 16  # f32 lanes of one vdpbf16ps (512 bits)
 CPU_FLAG = "avx512_bf16"  # /proc/cpuinfo
 
@@ -130,29 +133,90 @@ def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int
     return seq
 
 
-def build_pair_action(name: str, helper: str) -> transform.NamedSequenceOp:
-    """`@name(acc, a, b, op)`: import `@helper` into the dispatch's module and inline it
-    in place of the reduction `op` (replacing the uses of its result)."""
+def build_pair_action(name: str, helper: str, inputs: int = 3) -> transform.NamedSequenceOp:
+    """`@name(v_1 .. v_inputs, op)`: import `@helper` into the dispatch's module and inline
+    it, called with the matched values, in place of `op` (replacing the uses of its
+    result)."""
     any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
     readonly = {"transform.readonly": ir.UnitAttr.get()}
-    seq = transform.NamedSequenceOp(name, [any_value] * 3 + [any_op], [],
-                                    arg_attrs=[readonly] * 4)
+    seq = transform.NamedSequenceOp(name, [any_value] * inputs + [any_op], [],
+                                    arg_attrs=[readonly] * (inputs + 1))
     with ir.InsertionPoint(seq.body):
-        acc, a, b, op = seq.body.arguments
+        *values, op = seq.body.arguments
         out = transform.GetResultOp(any_value, op, [0]).result
         module = iree_ops.nearest_symbol_table(op)
         fn = iree_ops.import_symbol(helper, module)
-        inputs = transform.MergeHandlesOp([acc, a, b]).result
-        iree_ops.inline_call(fn, inputs, out, op)
+        merged = values[0] if len(values) == 1 else transform.MergeHandlesOp(values).result
+        iree_ops.inline_call(fn, merged, out, op)
         transform.YieldOp()
     return seq
 
 
-def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], rows: int
-         ) -> list[tuple[str, str]]:
+def trunc_types(batched: bool, key_tile: int, rows: int) -> tuple[ir.Type, ir.Type]:
+    """(f32, bf16) vector types of the key step's probability tile `[1,] key_tile x rows`."""
+    lead = [1] if batched else []
+    return (ir.VectorType.get(lead + [key_tile, rows], ir.F32Type.get()),
+            ir.VectorType.get(lead + [key_tile, rows], ir.BF16Type.get()))
+
+
+def build_trunc_helper(symbol: str, batched: bool, key_tile: int, rows: int) -> util.FuncOp:
+    """`util.func private @symbol(%p) -> bf16 vector`: the probability tile rounded to bf16
+    with `vcvtne2ps2bf16` (two 16-lane vectors per instruction; `vcvtneps2bf16` for a
+    16-row tile) instead of the integer emulation IREE lowers `arith.truncf` to (about eight
+    instructions per 16 lanes). Both round to nearest even; the instruction also flushes
+    denormals, which probabilities below 1.2e-38 do not notice."""
+    if rows % LANES:
+        raise ValueError(f"rows must be a multiple of {LANES} for vcvtneps2bf16, got {rows}")
+    f32_t, bf16_t = trunc_types(batched, key_tile, rows)
+    lead = [0] if batched else []
+    f32x16 = ir.VectorType.get([LANES], ir.F32Type.get())
+    width = 2 * LANES if rows % (2 * LANES) == 0 else LANES
+    out_t = ir.VectorType.get([width], ir.BF16Type.get())
+    fn = util.FuncOp(symbol, ir.TypeAttr.get(ir.FunctionType.get([f32_t], [bf16_t])),
+                     sym_visibility="private")
+    block = fn.body.blocks.append(f32_t)
+    (p,) = block.arguments
+    with ir.InsertionPoint(block):
+        result = arith.ConstantOp(bf16_t, ir.DenseElementsAttr.get_splat(
+            bf16_t, ir.FloatAttr.get(ir.BF16Type.get(), 0.0))).result
+        for k in range(key_tile):
+            row = vector.extract(p, [], lead + [k])
+            for c in range(0, rows, width):
+                halves = [vector.extract_strided_slice(f32x16, row, [c + h], [LANES], [1])
+                          for h in range(0, width, LANES)]
+                if width == LANES:
+                    cvt = llvm.call_intrinsic(out_t, CVT_INTRINSIC, halves, [], [])
+                else:  # the intrinsic puts its second operand in the low lanes
+                    cvt = llvm.call_intrinsic(out_t, CVT2_INTRINSIC, halves[::-1], [], [])
+                result = vector.insert_strided_slice(cvt, result, lead + [k, c], [1])
+        util.return_([result])
+    return fn
+
+
+def build_trunc_matcher(name: str, batched: bool, key_tile: int, rows: int
+                        ) -> transform.NamedSequenceOp:
+    """`@name(%op) -> (p, op)`: an `arith.truncf` of an f32 vector of the probability tile's
+    type. (A matcher cannot read a result's type; in a bf16 kernel every truncf of f32 goes
+    to bf16.)"""
+    f32_t, _ = trunc_types(batched, key_tile, rows)
+    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
+    seq = transform.NamedSequenceOp(name, [any_op], [any_value, any_op],
+                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
+    with ir.InsertionPoint(seq.body):
+        op = seq.bodyTarget
+        transform.MatchOperationNameOp(op, ["arith.truncf"])
+        p = transform.GetOperandOp(any_value, op, [0]).result
+        pre.MatchCastCompatibleTypesOp(p, f32_t)
+        transform.YieldOp([p, op])
+    return seq
+
+
+def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], rows: int,
+         trunc_keys: int | None = None) -> list[tuple[str, str]]:
     """For each (tag, mid) block shape, the helper, matcher and action of spec `spec`, at the
-    current insertion point (the transform library's module body); returns the (matcher,
-    action) names."""
+    current insertion point (the transform library's module body); with `trunc_keys`, also
+    those rounding the `trunc_keys x rows` probability tile (`build_trunc_helper`). Returns
+    the (matcher, action) names."""
     pairs = []
     for tag, mid in blocks:
         helper = f"{spec}_{tag}_dot_bf16"
@@ -160,6 +224,13 @@ def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], 
         matcher, action = f"{spec}_{tag}_bf16_pairs_match", f"{spec}_{tag}_bf16_pairs_dot"
         build_pair_matcher(matcher, batched, mid, rows)
         build_pair_action(action, helper)
+        pairs.append((matcher, action))
+    if trunc_keys is not None:
+        helper = f"{spec}_p_to_bf16"
+        build_trunc_helper(helper, batched, trunc_keys, rows)
+        matcher, action = f"{spec}_p_truncf_match", f"{spec}_p_truncf_cvt"
+        build_trunc_matcher(matcher, batched, trunc_keys, rows)
+        build_pair_action(action, helper, inputs=1)
         pairs.append((matcher, action))
     return pairs
 

@@ -199,8 +199,9 @@ CHECK: vector.load %[[Q]][%c0, %c0, %[[D]], %c0] : memref<1x1x64x32xf32>, vector
 def test_flash_bf16_runs_both_matmuls_on_vdpbf16ps(batch, filecheck, tmp_path: Path) -> None:
     # bf16 outer-product blocks: the dispatch right after the strategy calls vdpbf16ps for
     # Q·Kᵀ (8 keys x 2 halves of 32 rows per head-dim pair) and P·V (8 value columns x 2
-    # halves per key pair), with no widening multiply left; a remainder key tile of 5 (K2 =
-    # 133) keeps the widening FMAs for its odd key. Numerics against the float64 reference.
+    # halves per key pair), with no widening multiply left, and rounds the probabilities with
+    # vcvtne2ps2bf16; a remainder key tile of 5 (K2 = 133) keeps the widening FMAs for its
+    # odd key (and IREE's truncf). Numerics against the float64 reference.
     problem = Attention(batch, 64, 133, 64, dtype=BF16)
     text = strategy_ir(problem, "flash", BLOCKED_HALF, form=None,
                        cfg=HarnessConfig(artifacts=tmp_path / "ir"))
@@ -210,6 +211,8 @@ CHECK-SAME: (vector<16xf32>, vector<32xbf16>, vector<32xbf16>) -> vector<16xf32>
 CHECK-NOT: util.func
 """)
     assert text.count("llvm.x86.avx512bf16.dpbf16ps.512") >= 2 * 8 * 2
+    # The full key tiles' probabilities are rounded by vcvtne2ps2bf16 (8 keys x 32 rows).
+    assert text.count("llvm.x86.avx512bf16.cvtne2ps2bf16.512") >= 8
     d = run_problem(problem, "flash", knobs=BLOCKED_HALF,
                     cfg=HarnessConfig(artifacts=tmp_path / "run")).as_dict()
     assert d["applied"] and d["ok"], d

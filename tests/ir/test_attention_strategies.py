@@ -614,8 +614,9 @@ CHECK: transform.iree.decompose_aggregate_op
 def test_flash_bf16_dot_pairs_both_matmuls_on_vdpbf16ps(filecheck) -> None:
     # bf16 outer-product blocks: both reductions step by 2 (a pair per vdpbf16ps lane); after
     # vectorization a foreach_match inlines the transform library's util.func helpers in place
-    # of the pair reductions it finds by type, fails unless both helpers were imported (each
-    # block shape was replaced at least once), and
+    # of the pair reductions it finds by type and of the probability tile's truncf (rounded
+    # by vcvtne2ps2bf16), fails unless all three helpers were imported (each was used at
+    # least once), and
     # symbol-dce drops the imported helpers after the translation_info is set.
     text = flash_library(Attention((2,), 64, 64, 64, dtype=DType.BF16), rows=32, key_tile=8,
                          value_tile=8, max_split=2, outer_products=True)
@@ -636,6 +637,18 @@ CHECK: transform.util.import_symbol @tdkit_attention_flash_b_bf16_qk_dot_bf16 in
 CHECK: transform.util.cast_and_call inline_call
 CHECK-LABEL: util.func private @tdkit_attention_flash_b_bf16_pv_dot_bf16(
 CHECK-SAME: vector<1x8x32xf32>, %{{.*}}: vector<1x2x8x32xbf16>
+CHECK-LABEL: util.func private @tdkit_attention_flash_b_bf16_p_to_bf16(
+CHECK-SAME: %{{.*}}: vector<1x8x32xf32>) -> vector<1x8x32xbf16>
+CHECK-COUNT-8: llvm.call_intrinsic "llvm.x86.avx512bf16.cvtne2ps2bf16.512"
+CHECK-SAME: (vector<16xf32>, vector<16xf32>) -> vector<32xbf16>
+CHECK-NOT: arith.truncf
+CHECK: util.return
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_p_truncf_match(
+CHECK: transform.match.operation_name %{{.*}} ["arith.truncf"]
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x8x32xf32>
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_p_truncf_cvt(
+CHECK: transform.util.import_symbol @tdkit_attention_flash_b_bf16_p_to_bf16 into
+CHECK: transform.util.cast_and_call inline_call
 CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16(
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 2, 0, 0]
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 2, 0, 0, 0]
@@ -643,10 +656,11 @@ CHECK: transform.structured.vectorize_children_and_apply_patterns
 CHECK: transform.foreach_match in %{{.*}}
 CHECK-NEXT: @[[S:tdkit_attention_flash_b_bf16]]_qk_bf16_pairs_match -> @[[S]]_qk_bf16_pairs_dot
 CHECK-NEXT: @[[S]]_pv_bf16_pairs_match -> @[[S]]_pv_bf16_pairs_dot
+CHECK-NEXT: @[[S]]_p_truncf_match -> @[[S]]_p_truncf_cvt
 CHECK: %[[MOD:.*]] = transform.util.get_nearest_symbol_table
 CHECK-NEXT: %[[HELPERS:.*]] = transform.structured.match ops{["util.func"]} in %[[MOD]]
 CHECK-NEXT: transform.split_handle %[[HELPERS]] pass_through_empty_handle = false
-CHECK-SAME: -> (!transform.any_op, !transform.any_op)
+CHECK-SAME: -> (!transform.any_op, !transform.any_op, !transform.any_op)
 CHECK: transform.iree.bufferize
 CHECK: transform.annotate %{{.*}} "translation_info"
 CHECK-NEXT: transform.util.get_nearest_symbol_table
@@ -685,3 +699,22 @@ def test_bf16_dot_helper_verifies() -> None:
             module = builtin.ModuleOp()
             with ir.InsertionPoint(module.body):
                 x86_bf16.build_dot_helper("h", False, (4,), 8)
+
+
+
+@pytest.mark.parametrize("rows, intrinsic, calls", [
+    (32, "cvtne2ps2bf16", 8), (64, "cvtne2ps2bf16", 16), (16, "cvtneps2bf16", 8)])
+def test_bf16_trunc_helper_rounds_every_row_with_one_call_per_32_lanes(rows: int, intrinsic: str,
+                                                                       calls: int) -> None:
+    from iree.compiler.dialects import builtin
+
+    from tdkit.strategies import x86_bf16
+
+    with ir.Context(), ir.Location.unknown():
+        module = builtin.ModuleOp()
+        with ir.InsertionPoint(module.body):
+            x86_bf16.build_trunc_helper("t", True, 8, rows)
+        assert module.operation.verify()
+        text = str(module)
+    assert text.count(f"llvm.x86.avx512bf16.{intrinsic}.512") == calls
+    assert "arith.truncf" not in text
