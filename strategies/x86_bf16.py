@@ -19,8 +19,12 @@ inlines it in place of the reduction (`transform.util.import_symbol`,
 `transform.util.cast_and_call inline_call`). The helper interleaves each pair of 16-lane
 slices and calls `llvm.x86.avx512bf16.dpbf16ps.512` through `llvm.call_intrinsic`: lane i gets
 A[0,i]·B[0,i] + A[1,i]·B[1,i], which is the reduction's own definition for any A and B, so
-the operand order does not matter. `drop_helpers` removes the imported helper afterwards
-(`symbol-dce`), since IREE's LLVM conversion rejects a leftover `util.func`.
+the operand order does not matter. P·V's B is a broadcast of two V rows along the query rows;
+its matcher checks that and hands the helper the rows (`uniform_pv`), from which it builds
+each column's pair with two 16-bit broadcast loads and a blend. The same mechanism rounds the
+key step's probability tile to bf16 with `vcvtne2ps2bf16` (`build_trunc_helper`).
+`drop_helpers` removes the imported helpers afterwards (`symbol-dce`), since IREE's LLVM
+conversion rejects a leftover `util.func`.
 
 The products are exact and summed in f32 (the instruction flushes denormals): results differ
 from the widening path in the last f32 bits, far inside the bf16 tolerance.
@@ -69,34 +73,66 @@ def pair_types(batched: bool, mid: Sequence[int], rows: int
             ir.VectorType.get(lead + [2, *mid, rows], f32))
 
 
-def build_dot_helper(symbol: str, batched: bool, mid: Sequence[int], rows: int
-                     ) -> util.FuncOp:
+def uniform_source_type(batched: bool, mid: Sequence[int]) -> ir.Type:
+    """The bf16 vector `[1,] 2 x value_tile` a lane-uniform P·V operand is broadcast from:
+    the pair of V rows (`build_dot_helper` with `uniform_b`)."""
+    return ir.VectorType.get(([1] if batched else []) + [2, *mid], ir.BF16Type.get())
+
+
+def uniform_pv(tag: str, mid: Sequence[int], rows: int) -> bool:
+    """Whether block `tag` takes its V operand as the unbroadcast pair of V rows
+    (`build_dot_helper` with `uniform_b`): P·V, when its types force the broadcast's
+    permutation (`build_pair_matcher`)."""
+    return tag == "pv" and rows not in (2, *mid)
+
+
+def build_dot_helper(symbol: str, batched: bool, mid: Sequence[int], rows: int,
+                     uniform_b: bool = False) -> util.FuncOp:
     """`util.func private @symbol(%acc, %a, %b) -> acc type` at the current insertion point:
     for every row of the block and 16-lane slice, `vdpbf16ps(acc, interleave(a0, a1),
-    interleave(b0, b1))`."""
+    interleave(b0, b1))`.
+
+    With `uniform_b`, `%b` is the `[1,] 2 x mid` source the operand is broadcast from along
+    the rows (P·V's pair of V rows, `uniform_source_type`): every lane of column j gets the
+    same pair (V[k, j], V[k+1, j]), built once per column from two 16-bit broadcast loads
+    by a masked blend (even lanes from the first, odd from the second) instead of one
+    two-source word permute per column (`vpermt2w`, whose eight index vectors and destroyed
+    operand cost registers and copies): 1.06x at 8x1024x1024x64, side by side."""
     if rows % LANES:
         raise ValueError(f"rows must be a multiple of {LANES} for vdpbf16ps, got {rows}")
     acc_t, src_t, _ = pair_types(batched, mid, rows)
+    b_t = uniform_source_type(batched, mid) if uniform_b else src_t
     lead = [0] if batched else []
     f32x16 = ir.VectorType.get([LANES], ir.F32Type.get())
     bf16x16 = ir.VectorType.get([LANES], ir.BF16Type.get())
+    bf16x32 = ir.VectorType.get([2 * LANES], ir.BF16Type.get())
     interleave = [i // 2 + (LANES if i % 2 else 0) for i in range(2 * LANES)]
-    fn = util.FuncOp(symbol, ir.TypeAttr.get(ir.FunctionType.get([acc_t, src_t, src_t],
+    blend = [i + (2 * LANES if i % 2 else 0) for i in range(2 * LANES)]
+    fn = util.FuncOp(symbol, ir.TypeAttr.get(ir.FunctionType.get([acc_t, src_t, b_t],
                                                                  [acc_t])),
                      sym_visibility="private")
-    block = fn.body.blocks.append(acc_t, src_t, src_t)
+    block = fn.body.blocks.append(acc_t, src_t, b_t)
     acc, a, b = block.arguments
     with ir.InsertionPoint(block):
         result = acc
         for j in itertools.product(*(range(n) for n in mid)):
             row = vector.extract(acc, [], lead + list(j))
-            pairs = [[vector.extract(src, [], lead + [p, *j]) for p in range(2)]
-                     for src in (a, b)]
+            a0, a1 = (vector.extract(a, [], lead + [p, *j]) for p in range(2))
+            if uniform_b:
+                # Each splat goes through an empty inline asm: otherwise LLVM sees through the
+                # splats of the loaded V elements and folds the blend back into the permute.
+                x, y = (llvm.inline_asm(bf16x32, [vector.broadcast(
+                    bf16x32, vector.extract(b, [], lead + [p, *j]))], "", "=v,0")
+                        for p in range(2))
+                b_pair = vector.shuffle(x, y, blend)
+            else:
+                b0, b1 = (vector.extract(b, [], lead + [p, *j]) for p in range(2))
             for h in range(rows // LANES):
                 def lanes(v: ir.Value, t: ir.Type, h: int = h) -> ir.Value:
                     return vector.extract_strided_slice(t, v, [h * LANES], [LANES], [1])
-                ai, bi = (vector.shuffle(lanes(p0, bf16x16), lanes(p1, bf16x16), interleave)
-                          for p0, p1 in pairs)
+                ai = vector.shuffle(lanes(a0, bf16x16), lanes(a1, bf16x16), interleave)
+                bi = (b_pair if uniform_b else
+                      vector.shuffle(lanes(b0, bf16x16), lanes(b1, bf16x16), interleave))
                 dot = llvm.call_intrinsic(f32x16, INTRINSIC, [lanes(row, f32x16), ai, bi],
                                           [], [])
                 result = vector.insert_strided_slice(dot, result, lead + [*j, h * LANES],
@@ -105,11 +141,19 @@ def build_dot_helper(symbol: str, batched: bool, mid: Sequence[int], rows: int
     return fn
 
 
-def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int
-                       ) -> transform.NamedSequenceOp:
+def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int,
+                       uniform_b: bool = False) -> transform.NamedSequenceOp:
     """`@name(%op) -> (acc, a, b, op)`: a `vector.multi_reduction` of
-    `arith.mulf(arith.extf(a), arith.extf(b))` with exactly the block step's types."""
+    `arith.mulf(arith.extf(a), arith.extf(b))` with exactly the block step's types. With
+    `uniform_b`, `b` must be `vector.transpose(vector.broadcast(src))` of a `[1,] 2 x mid`
+    source, broadcast to `rows x [1,] 2 x mid` and moved last, and the matcher yields `src`:
+    with `rows` differing from 2 and from every `mid` size the types force the permutation, so
+    every lane of the operand holds the source's element (`build_dot_helper`)."""
     acc_t, src_t, prod_t = pair_types(batched, mid, rows)
+    if uniform_b and rows in (2, *mid):
+        raise ValueError(f"rows ({rows}) must differ from 2 and the block sizes {list(mid)}")
+    uniform_t = uniform_source_type(batched, mid)
+    spread_t = ir.VectorType.get([rows, *ir.VectorType(uniform_t).shape], ir.BF16Type.get())
     any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
     seq = transform.NamedSequenceOp(name, [any_op], [any_value] * 3 + [any_op],
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
@@ -128,6 +172,15 @@ def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int
             transform.MatchOperationNameOp(ext, ["arith.extf"])
             value = transform.GetOperandOp(any_value, ext, [0]).result
             pre.MatchCastCompatibleTypesOp(value, src_t)
+            if uniform_b and i == 1:
+                moved = transform.GetProducerOfOperand(any_op, ext, 0).result
+                transform.MatchOperationNameOp(moved, ["vector.transpose"])
+                spread = transform.GetOperandOp(any_value, moved, [0]).result
+                pre.MatchCastCompatibleTypesOp(spread, spread_t)
+                bcast = transform.GetProducerOfOperand(any_op, moved, 0).result
+                transform.MatchOperationNameOp(bcast, ["vector.broadcast"])
+                value = transform.GetOperandOp(any_value, bcast, [0]).result
+                pre.MatchCastCompatibleTypesOp(value, uniform_t)
             operands.append(value)
         transform.YieldOp([acc, *operands, op])
     return seq
@@ -220,9 +273,10 @@ def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], 
     pairs = []
     for tag, mid in blocks:
         helper = f"{spec}_{tag}_dot_bf16"
-        build_dot_helper(helper, batched, mid, rows)
+        uniform = uniform_pv(tag, mid, rows)
+        build_dot_helper(helper, batched, mid, rows, uniform)
         matcher, action = f"{spec}_{tag}_bf16_pairs_match", f"{spec}_{tag}_bf16_pairs_dot"
-        build_pair_matcher(matcher, batched, mid, rows)
+        build_pair_matcher(matcher, batched, mid, rows, uniform)
         build_pair_action(action, helper)
         pairs.append((matcher, action))
     if trunc_keys is not None:

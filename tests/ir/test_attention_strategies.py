@@ -636,7 +636,18 @@ CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_qk_bf16_pair
 CHECK: transform.util.import_symbol @tdkit_attention_flash_b_bf16_qk_dot_bf16 into
 CHECK: transform.util.cast_and_call inline_call
 CHECK-LABEL: util.func private @tdkit_attention_flash_b_bf16_pv_dot_bf16(
-CHECK-SAME: vector<1x8x32xf32>, %{{.*}}: vector<1x2x8x32xbf16>
+CHECK-SAME: vector<1x8x32xf32>, %{{.*}}: vector<1x2x8x32xbf16>, %{{.*}}: vector<1x2x8xbf16>
+CHECK: %[[X:.*]] = llvm.inline_asm "", "=v,0"
+CHECK: %[[Y:.*]] = llvm.inline_asm "", "=v,0"
+CHECK: vector.shuffle %[[X]], %[[Y]] [0, 33, 2, 35
+CHECK: llvm.call_intrinsic "llvm.x86.avx512bf16.dpbf16ps.512"
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_pv_bf16_pairs_match(
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x8x32xbf16>
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x8x32xbf16>
+CHECK: transform.match.operation_name %{{.*}} ["vector.transpose"]
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<32x1x2x8xbf16>
+CHECK: transform.match.operation_name %{{.*}} ["vector.broadcast"]
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x8xbf16>
 CHECK-LABEL: util.func private @tdkit_attention_flash_b_bf16_p_to_bf16(
 CHECK-SAME: %{{.*}}: vector<1x8x32xf32>) -> vector<1x8x32xbf16>
 CHECK-COUNT-8: llvm.call_intrinsic "llvm.x86.avx512bf16.cvtne2ps2bf16.512"
@@ -700,6 +711,33 @@ def test_bf16_dot_helper_verifies() -> None:
             with ir.InsertionPoint(module.body):
                 x86_bf16.build_dot_helper("h", False, (4,), 8)
 
+
+
+def test_bf16_uniform_pv_helper_blends_two_broadcasts_per_column() -> None:
+    from iree.compiler.dialects import builtin
+
+    from tdkit.strategies import x86_bf16
+
+    with ir.Context(), ir.Location.unknown():
+        module = builtin.ModuleOp()
+        module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+        with ir.InsertionPoint(module.body):
+            x86_bf16.build_dot_helper("h", True, (8,), 32, uniform_b=True)
+            x86_bf16.build_pair_matcher("m", True, (8,), 32, uniform_b=True)
+        assert module.operation.verify()
+        text = str(module)
+    # one blend of two barriered 16-bit broadcasts per value column, shared by both halves
+    assert text.count("llvm.inline_asm") == 2 * 8
+    assert text.count("dpbf16ps") == 8 * 2
+    assert "vector<1x2x8xbf16>" in text
+    # rows equal to a block size would leave the broadcast's permutation ambiguous
+    assert not x86_bf16.uniform_pv("pv", (32,), 32) and x86_bf16.uniform_pv("pv", (8,), 32)
+    assert not x86_bf16.uniform_pv("qk", (8, 1), 32)
+    with pytest.raises(ValueError, match="must differ"):
+        with ir.Context(), ir.Location.unknown():
+            module = builtin.ModuleOp()
+            with ir.InsertionPoint(module.body):
+                x86_bf16.build_pair_matcher("m", True, (32,), 32, uniform_b=True)
 
 
 @pytest.mark.parametrize("rows, intrinsic, calls", [
