@@ -19,7 +19,9 @@ inlines it in place of the reduction (`transform.util.import_symbol`,
 `transform.util.cast_and_call inline_call`). The helper interleaves each pair of 16-lane
 slices and calls `llvm.x86.avx512bf16.dpbf16ps.512` through `llvm.call_intrinsic`: lane i gets
 A[0,i]·B[0,i] + A[1,i]·B[1,i], which is the reduction's own definition for any A and B, so
-the operand order does not matter. P·V's B is a broadcast of two V rows along the query rows;
+the operand order does not matter. Q·Kᵀ is packed so that Q's pairs are stored side by side
+(`pack_query_rows`); its step takes the packed Q pairs and K's pair as they are
+(`build_packed_qk_helper`). P·V's B is a broadcast of two V rows along the query rows;
 its matcher checks that and hands the helper the rows (`uniform_pv`), from which it builds
 each column's pair with two 16-bit broadcast loads and a blend. The same mechanism rounds the
 key step's probability tile to bf16 with `vcvtne2ps2bf16` (`build_trunc_helper`).
@@ -186,6 +188,103 @@ def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int,
     return seq
 
 
+def packed_qk_types(batched: bool, key_tile: int, rows: int
+                    ) -> tuple[ir.Type, ir.Type, ir.Type, ir.Type, ir.Type, ir.Type]:
+    """Vector types of one step of the pair-packed Q·Kᵀ (`pack_query_rows` with pairs):
+    (accumulator `[1,] kt x 1 x rows`, f32 product `[1,] 1 x kt x 1 x 2 x rows`, its bf16
+    operand, Q pair source `[1,] 1 x 1 x rows x 2`, K pair source `[1,] kt x 1 x 2`, and the
+    Q / K sources broadcast before their transposes)."""
+    lead = [1] if batched else []
+    f32, bf16 = ir.F32Type.get(), ir.BF16Type.get()
+    step = lead + [1, key_tile, 1, 2, rows]
+    return (ir.VectorType.get(lead + [key_tile, 1, rows], f32),
+            ir.VectorType.get(step, f32),
+            ir.VectorType.get(step, bf16),
+            ir.VectorType.get(lead + [1, 1, rows, 2], bf16),
+            ir.VectorType.get(lead + [key_tile, 1, 2], bf16),
+            (ir.VectorType.get([key_tile] + lead + [1, 1, rows, 2], bf16),
+             ir.VectorType.get([1, rows] + lead + [key_tile, 1, 2], bf16)))
+
+
+def build_packed_qk_helper(symbol: str, batched: bool, key_tile: int, rows: int
+                           ) -> util.FuncOp:
+    """`util.func private @symbol(%acc, %q, %k) -> acc type`: one head-dim pair of the
+    pair-packed Q·Kᵀ, `acc[j, m] += q[m, 0]·k[j, 0] + q[m, 1]·k[j, 1]`, where `%q` holds
+    the rows' (Q[m, d], Q[m, d+1]) pairs side by side, so each 16-row slice of it is a
+    `vdpbf16ps` operand as it is, and `%k` key j's (K[j, d], K[j, d+1]) pair, broadcast to
+    every lane as one 32-bit element."""
+    if rows % LANES:
+        raise ValueError(f"rows must be a multiple of {LANES} for vdpbf16ps, got {rows}")
+    acc_t, _, _, q_t, k_t, _ = packed_qk_types(batched, key_tile, rows)
+    lead = [0] if batched else []
+    f32x16 = ir.VectorType.get([LANES], ir.F32Type.get())
+    bf16_t = ir.BF16Type.get()
+    i32 = ir.IntegerType.get_signless(32)
+    fn = util.FuncOp(symbol, ir.TypeAttr.get(ir.FunctionType.get([acc_t, q_t, k_t],
+                                                                 [acc_t])),
+                     sym_visibility="private")
+    block = fn.body.blocks.append(acc_t, q_t, k_t)
+    acc, q, k = block.arguments
+    with ir.InsertionPoint(block):
+        pairs = vector.shape_cast(ir.VectorType.get([2 * rows], bf16_t),
+                                  vector.extract(q, [], lead + [0, 0]))
+        q_lanes = [vector.extract_strided_slice(ir.VectorType.get([2 * LANES], bf16_t), pairs,
+                                                [2 * h], [2 * LANES], [1])
+                   for h in range(0, rows, LANES)]
+        result = acc
+        for j in range(key_tile):
+            kj = vector.bitcast(ir.VectorType.get([1], i32), vector.extract(k, [], lead + [j, 0]))
+            kb = vector.bitcast(ir.VectorType.get([2 * LANES], bf16_t),
+                                vector.broadcast(ir.VectorType.get([LANES], i32), kj))
+            row = vector.extract(acc, [], lead + [j, 0])
+            for i, h in enumerate(range(0, rows, LANES)):
+                part = vector.extract_strided_slice(f32x16, row, [h], [LANES], [1])
+                dot = llvm.call_intrinsic(f32x16, INTRINSIC, [part, q_lanes[i], kb], [], [])
+                result = vector.insert_strided_slice(dot, result, lead + [j, 0, h], [1])
+        util.return_([result])
+    return fn
+
+
+def build_packed_qk_matcher(name: str, batched: bool, key_tile: int, rows: int
+                            ) -> transform.NamedSequenceOp:
+    """`@name(%op) -> (acc, q, k, op)`: a pair-packed Q·Kᵀ step, `vector.multi_reduction` of
+    `arith.mulf(arith.extf(transpose(broadcast(q))), arith.extf(transpose(broadcast(k))))`
+    with exactly the step's types, yielding the unbroadcast sources. With rows, key_tile
+    and 2 distinct, the types force both transposes' permutations."""
+    if len({rows, key_tile, 2}) < 3:
+        raise ValueError(f"rows ({rows}), key_tile ({key_tile}) and 2 must differ")
+    acc_t, prod_t, op_t, q_t, k_t, spread = packed_qk_types(batched, key_tile, rows)
+    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
+    seq = transform.NamedSequenceOp(name, [any_op], [any_value] * 3 + [any_op],
+                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
+    with ir.InsertionPoint(seq.body):
+        op = seq.bodyTarget
+        transform.MatchOperationNameOp(op, ["vector.multi_reduction"])
+        pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, op, [0]).result,
+                                       prod_t)
+        acc = transform.GetOperandOp(any_value, op, [1]).result
+        pre.MatchCastCompatibleTypesOp(acc, acc_t)
+        mul = transform.GetProducerOfOperand(any_op, op, 0).result
+        transform.MatchOperationNameOp(mul, ["arith.mulf"])
+        sources = []
+        for i, (src_t, spread_t) in enumerate(zip((q_t, k_t), spread, strict=True)):
+            ext = transform.GetProducerOfOperand(any_op, mul, i).result
+            transform.MatchOperationNameOp(ext, ["arith.extf"])
+            pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, ext, [0]).result,
+                                           op_t)
+            moved = transform.GetProducerOfOperand(any_op, ext, 0).result
+            transform.MatchOperationNameOp(moved, ["vector.transpose"])
+            pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, moved, [0]).result,
+                                           spread_t)
+            bcast = transform.GetProducerOfOperand(any_op, moved, 0).result
+            transform.MatchOperationNameOp(bcast, ["vector.broadcast"])
+            value = transform.GetOperandOp(any_value, bcast, [0]).result
+            pre.MatchCastCompatibleTypesOp(value, src_t)
+            sources.append(value)
+        transform.YieldOp([acc, *sources, op])
+    return seq
+
+
 def build_pair_action(name: str, helper: str, inputs: int = 3) -> transform.NamedSequenceOp:
     """`@name(v_1 .. v_inputs, op)`: import `@helper` into the dispatch's module and inline
     it, called with the matched values, in place of `op` (replacing the uses of its
@@ -265,12 +364,21 @@ def build_trunc_matcher(name: str, batched: bool, key_tile: int, rows: int
 
 
 def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], rows: int,
-         trunc_keys: int | None = None) -> list[tuple[str, str]]:
-    """For each (tag, mid) block shape, the helper, matcher and action of spec `spec`, at the
-    current insertion point (the transform library's module body); with `trunc_keys`, also
-    those rounding the `trunc_keys x rows` probability tile (`build_trunc_helper`). Returns
-    the (matcher, action) names."""
+         trunc_keys: int | None = None, packed_qk: int | None = None
+         ) -> list[tuple[str, str]]:
+    """The helper, matcher and action of spec `spec`, at the current insertion point (the
+    transform library's module body): with `packed_qk` (the key tile), for the pair-packed
+    Q·Kᵀ step (`build_packed_qk_helper`); for each (tag, mid) block shape of `blocks`
+    (`build_dot_helper`); with `trunc_keys`, for rounding the `trunc_keys x rows`
+    probability tile (`build_trunc_helper`). Returns the (matcher, action) names."""
     pairs = []
+    if packed_qk is not None:
+        helper = f"{spec}_qk_dot_bf16"
+        build_packed_qk_helper(helper, batched, packed_qk, rows)
+        matcher, action = f"{spec}_qk_bf16_pairs_match", f"{spec}_qk_bf16_pairs_dot"
+        build_packed_qk_matcher(matcher, batched, packed_qk, rows)
+        build_pair_action(action, helper)
+        pairs.append((matcher, action))
     for tag, mid in blocks:
         helper = f"{spec}_{tag}_dot_bf16"
         uniform = uniform_pv(tag, mid, rows)

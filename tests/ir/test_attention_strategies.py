@@ -622,16 +622,20 @@ def test_flash_bf16_dot_pairs_both_matmuls_on_vdpbf16ps(filecheck) -> None:
                          value_tile=8, max_split=2, outer_products=True)
     filecheck(text, """
 CHECK-LABEL: util.func private @tdkit_attention_flash_b_bf16_qk_dot_bf16(
-CHECK-SAME: vector<1x8x1x32xf32>, %{{.*}}: vector<1x2x8x1x32xbf16>, %{{.*}}: vector<1x2x8x1x32xbf16>
-CHECK: vector.shuffle {{.*}} [0, 16, 1, 17, 2, 18
+CHECK-SAME: vector<1x8x1x32xf32>, %{{.*}}: vector<1x1x1x32x2xbf16>, %{{.*}}: vector<1x8x1x2xbf16>
+CHECK: vector.shape_cast %{{.*}} : vector<32x2xbf16> to vector<64xbf16>
+CHECK: vector.bitcast %{{.*}} : vector<2xbf16> to vector<1xi32>
 CHECK: llvm.call_intrinsic "llvm.x86.avx512bf16.dpbf16ps.512"
 CHECK-SAME: (vector<16xf32>, vector<32xbf16>, vector<32xbf16>) -> vector<16xf32>
 CHECK: util.return
 CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_qk_bf16_pairs_match(
 CHECK: transform.match.operation_name %{{.*}} ["vector.multi_reduction"]
-CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x8x1x32xf32>
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x1x8x1x2x32xf32>
 CHECK: transform.match.operation_name %{{.*}} ["arith.mulf"]
-CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x8x1x32xbf16>
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<8x1x1x1x32x2xbf16>
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x1x1x32x2xbf16>
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x32x1x8x1x2xbf16>
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x8x1x2xbf16>
 CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_qk_bf16_pairs_dot(
 CHECK: transform.util.import_symbol @tdkit_attention_flash_b_bf16_qk_dot_bf16 into
 CHECK: transform.util.cast_and_call inline_call
@@ -661,8 +665,12 @@ CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16_p_truncf_cvt
 CHECK: transform.util.import_symbol @tdkit_attention_flash_b_bf16_p_to_bf16 into
 CHECK: transform.util.cast_and_call inline_call
 CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_bf16(
+CHECK: %[[PACKED:.*]] = transform.structured.pack %{{.*}} packed_sizes = [0, 2, 0, 32]
+CHECK: %[[QPACK:.*]] = transform.get_producer_of_operand %[[PACKED]][0]
+CHECK: transform.structured.pack_transpose %[[QPACK]] with_compute_op(%[[PACKED]])
+CHECK-SAME: inner_perm = [1, 0]
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 2, 0, 0]
-CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 2, 0, 0, 0]
+CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 1, 0, 0, 0]
 CHECK: transform.structured.vectorize_children_and_apply_patterns
 CHECK: transform.foreach_match in %{{.*}}
 CHECK-NEXT: @[[S:tdkit_attention_flash_b_bf16]]_qk_bf16_pairs_match -> @[[S]]_qk_bf16_pairs_dot
@@ -673,6 +681,7 @@ CHECK-NEXT: %[[HELPERS:.*]] = transform.structured.match ops{["util.func"]} in %
 CHECK-NEXT: transform.split_handle %[[HELPERS]] pass_through_empty_handle = false
 CHECK-SAME: -> (!transform.any_op, !transform.any_op, !transform.any_op)
 CHECK: transform.iree.bufferize
+CHECK: transform.apply_patterns.vector.flatten_vector_transfer_ops
 CHECK: transform.annotate %{{.*}} "translation_info"
 CHECK-NEXT: transform.util.get_nearest_symbol_table
 CHECK-NEXT: transform.apply_registered_pass "symbol-dce"
@@ -680,6 +689,7 @@ CHECK-NEXT: transform.apply_registered_pass "symbol-dce"
     off = flash_library(Attention((2,), 64, 64, 64, dtype=DType.BF16), rows=32, key_tile=8,
                         value_tile=8, max_split=2, outer_products=True, bf16_dot=False)
     assert "dpbf16ps" not in off and "tile_sizes [0, 2, 0, 0]" not in off
+    assert "pack_transpose" not in off and "packed_sizes = [0, 0, 0, 32]" in off
     # f32, an odd head dim, and the 16-row kernel without outer products keep the FMAs.
     for problem, knobs in [(Attention((2,), 64, 64, 64), BLOCKED),
                            (Attention((2,), 64, 64, 65, n=64, dtype=DType.BF16), BLOCKED),
@@ -738,6 +748,28 @@ def test_bf16_uniform_pv_helper_blends_two_broadcasts_per_column() -> None:
             module = builtin.ModuleOp()
             with ir.InsertionPoint(module.body):
                 x86_bf16.build_pair_matcher("m", True, (32,), 32, uniform_b=True)
+
+
+def test_bf16_packed_qk_helper_reads_the_packed_pairs_as_they_are() -> None:
+    from iree.compiler.dialects import builtin
+
+    from tdkit.strategies import x86_bf16
+
+    with ir.Context(), ir.Location.unknown():
+        module = builtin.ModuleOp()
+        module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+        with ir.InsertionPoint(module.body):
+            x86_bf16.build_packed_qk_helper("h", True, 8, 32)
+            x86_bf16.build_packed_qk_matcher("m", True, 8, 32)
+        assert module.operation.verify()
+        text = str(module)
+    assert text.count("dpbf16ps") == 8 * 2  # 8 keys x 2 sixteen-row halves
+    assert "vector.shuffle" not in text  # no interleave: the pack stored the pairs
+    with pytest.raises(ValueError, match="must differ"):
+        with ir.Context(), ir.Location.unknown():
+            module = builtin.ModuleOp()
+            with ir.InsertionPoint(module.body):
+                x86_bf16.build_packed_qk_matcher("m", True, 32, 32)
 
 
 @pytest.mark.parametrize("rows, intrinsic, calls", [
