@@ -67,7 +67,7 @@ from tdkit.matchers.attention import (
     predicate_name,
 )
 from tdkit.matchers.dtypes import DType
-from tdkit.strategies import iree_ops, steps, x86_bf16
+from tdkit.strategies import iree_ops, steps, x86_bf16, x86_helpers
 from tdkit.strategies.base import require
 from tdkit.strategies.library import LibraryEntry
 
@@ -123,6 +123,12 @@ class FlashKnobs:
         `tdkit.strategies.x86_bf16`) instead of widening every element to f32; applied when
         the head dim is even and N known (`uses_bf16_dot`). `fit()` turns it off on a CPU
         without AVX512_BF16.
+      vmaxps: with layout "mlanes" and whole 16-lane row vectors, compute the full key tiles'
+        row maxima with AVX-512 `vmaxps` (`x86_helpers.build_max_helper`) instead of
+        `arith.maximumf`, whose NaN and signed-zero rules cost three more instructions per
+        maximum on the chain between Q·Kᵀ and the exp (the running max needs neither); applied
+        when the maxima's types fix their reduction dims (`uses_vmaxps`). `fit()` turns it off
+        on a CPU without AVX-512.
     """
 
     rows: int = 16
@@ -134,6 +140,7 @@ class FlashKnobs:
     max_split: int = 4
     outer_products: bool = False
     bf16_dot: bool = True
+    vmaxps: bool = True
 
     def check(self, problem: Any = None) -> None:
         """Raise KnobError with one sentence for knob values, or combinations with the
@@ -152,6 +159,8 @@ class FlashKnobs:
                 f"outer_products must be true or false, got {self.outer_products!r}")
         require(isinstance(self.bf16_dot, bool),
                 f"bf16_dot must be true or false, got {self.bf16_dot!r}")
+        require(isinstance(self.vmaxps, bool),
+                f"vmaxps must be true or false, got {self.vmaxps!r}")
         require(isinstance(self.value_tile, int) and not isinstance(self.value_tile, bool)
                 and (self.value_tile == 0 or _is_pow2(self.value_tile)),
                 f"value_tile must be 0 (off) or a power of two, got {self.value_tile!r}")
@@ -217,6 +226,8 @@ def fit(problem: Any, knobs: FlashKnobs) -> FlashKnobs:
     rows, key_tile = knobs.rows, knobs.key_tile
     if knobs.bf16_dot and not x86_bf16.host_supports():
         knobs = replace(knobs, bf16_dot=False)
+    if knobs.vmaxps and not x86_helpers.host_has(x86_helpers.MAX_FLAG):
+        knobs = replace(knobs, vmaxps=False)
     if max(problem.d, problem.value_dim) >= 128 and problem.dtype == DType.F16:
         # 16 keys per step: 0.51x at 4x1024x1024x128 f16 (side by side, 5 rounds). f32 keeps
         # 16: with the value tiles carried as vectors it measured 1.018x, 1.012x and 1.045x
@@ -544,6 +555,12 @@ def pack_query_rows(qk: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> 
         q_pack = transform.GetProducerOfOperand(_any(), packed, 0).result
         packed = structured.PackTransposeOp(_any(), _any(), _any(), q_pack, packed,
                                             inner_perm=[1, 0]).packed_op
+        # K's pack only splits its innermost dim: a reshape of the K slice, not a copy.
+        k_pack = transform.CastOp(transform.OperationType.get("linalg.pack"),
+                                  transform.GetProducerOfOperand(_any(), packed, 1).result)
+        structured.LowerPackOp(*(transform.OperationType.get(n) for n in
+                                 ("tensor.pad", "tensor.expand_shape", "linalg.transpose")),
+                               k_pack.result)
     return packed
 
 
@@ -809,6 +826,24 @@ def padding_values(pred: CodegenPredicate) -> list[ir.Attribute]:
     return values
 
 
+def row_maxima(knobs: FlashKnobs) -> list[tuple[tuple[int, ...], int]]:
+    """The full key tile's row-maximum reductions after vectorization, as (source shape
+    without the batch dim, reduced dim): with `max_split` S the partial maxima `(S, key_tile /
+    S, rows)` over dim 1 and their combination `(S, rows)` over dim 0, else `(key_tile,
+    rows)` over dim 0."""
+    rows, kt, split = knobs.rows, knobs.key_tile, max_split_factor(knobs)
+    if splits_max(knobs):
+        return [((split, kt // split, rows), 1), ((split, rows), 0)]
+    return [((kt, rows), 0)]
+
+
+def uses_vmaxps(knobs: FlashKnobs) -> bool:
+    """Whether the row maxima run on `vmaxps` (`FlashKnobs.vmaxps`): layout "mlanes", whole
+    16-lane row vectors, and maxima whose types fix their reduction dims."""
+    return (knobs.vmaxps and knobs.layout == "mlanes" and knobs.rows % x86_helpers.LANES == 0
+            and all(x86_helpers.maxima_forced(src, dim) for src, dim in row_maxima(knobs)))
+
+
 def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
                        ) -> transform.NamedSequenceOp:
     """Emit `@name(%variant {transform.readonly})` lowering one attention dispatch that
@@ -817,11 +852,13 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
     knobs.check()
     dims = Dims(pred.rank)
     bf16_dot = uses_bf16_dot(knobs, pred)
-    if bf16_dot:  # module-level helper, matcher and action next to the spec
+    helpers: list[x86_helpers.Helper] = []  # module-level helpers, matchers and actions
+    if bf16_dot:
         value_tile = knobs.value_tile if tiles_values(pred, knobs) else pred.value_dim
-        dot_pairs = x86_bf16.emit(name, pred.batched,
-                                  [("pv", (value_tile,))], knobs.rows,
-                                  trunc_keys=knobs.key_tile, packed_qk=knobs.key_tile)
+        helpers += x86_bf16.emit(name, pred.batched, [("pv", (value_tile,))], knobs.rows,
+                                 trunc_keys=knobs.key_tile, packed_qk=knobs.key_tile)
+    if uses_vmaxps(knobs):
+        helpers += x86_helpers.emit_maxima(name, pred.batched, row_maxima(knobs))
     seq = transform.NamedSequenceOp(name, [_any()], [],
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
@@ -840,16 +877,16 @@ def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate
         if unrolls_matmuls(knobs):
             unroll_matmuls(func, pred, step=2 if bf16_dot else 1)
         func = vectorize(func, knobs, tiles_values(pred, knobs))
-        if bf16_dot:
-            func = x86_bf16.use_dot(func, dot_pairs)
+        if helpers:
+            func = x86_helpers.apply_helpers(func, helpers)
         func = bufferize(func)
         if bf16_dot:  # the packed Q pairs' rows x 2 reads become one contiguous load
             with ir.InsertionPoint(transform.ApplyPatternsOp(func).patterns):
                 tvector.ApplyFlattenVectorTransferOpsPatternsOp()
         func = lower_vectors(func, knobs)
         iree_ops.annotate(func, "translation_info", iree_ops.translation_info_no_pipeline())
-        if bf16_dot:
-            x86_bf16.drop_helpers(func)
+        if helpers:
+            x86_helpers.drop_helpers(func)
         transform.YieldOp()
     return seq
 

@@ -13,20 +13,18 @@ loop and P·V's keys are stepped by 2 (`unroll_matmuls`), so each vectorized ste
 (a `vector.multi_reduction <add>` over the pair of `arith.mulf(arith.extf, arith.extf)`: for
 Q·Kᵀ, j is the key and A, B the broadcast Q rows and K elements; for P·V, j is the value
 column and A, B the broadcast P columns and V elements). A matcher (`build_pair_matcher`)
-finds exactly these reductions by their types; the action (`build_pair_action`) imports a helper
-`util.func` (`build_dot_helper`) from the transform library into the dispatch's module and
-inlines it in place of the reduction (`transform.util.import_symbol`,
-`transform.util.cast_and_call inline_call`). The helper interleaves each pair of 16-lane
-slices and calls `llvm.x86.avx512bf16.dpbf16ps.512` through `llvm.call_intrinsic`: lane i gets
-A[0,i]·B[0,i] + A[1,i]·B[1,i], which is the reduction's own definition for any A and B, so
-the operand order does not matter. Q·Kᵀ is packed so that Q's pairs are stored side by side
-(`pack_query_rows`); its step takes the packed Q pairs and K's pair as they are
-(`build_packed_qk_helper`). P·V's B is a broadcast of two V rows along the query rows;
-its matcher checks that and hands the helper the rows (`uniform_pv`), from which it builds
-each column's pair with two 16-bit broadcast loads and a blend. The same mechanism rounds the
-key step's probability tile to bf16 with `vcvtne2ps2bf16` (`build_trunc_helper`).
-`drop_helpers` removes the imported helpers afterwards (`symbol-dce`), since IREE's LLVM
-conversion rejects a leftover `util.func`.
+finds exactly these reductions by their types; its action imports a helper `util.func`
+(`build_dot_helper`) from the transform library into the dispatch's module and inlines it in
+place of the reduction (the mechanism is `tdkit.strategies.x86_helpers`). The helper
+interleaves each pair of 16-lane slices and calls `llvm.x86.avx512bf16.dpbf16ps.512` through
+`llvm.call_intrinsic`: lane i gets A[0,i]·B[0,i] + A[1,i]·B[1,i], which is the reduction's
+own definition for any A and B, so the operand order does not matter. Q·Kᵀ is packed so that
+Q's pairs are stored side by side (`pack_query_rows`); its step takes the packed Q pairs and
+K's pair as they are (`build_packed_qk_helper`). P·V's B is a broadcast of two V rows along
+the query rows; its matcher checks that and hands the helper the rows (`uniform_pv`), from
+which it builds each column's pair with two 16-bit broadcast loads and a blend. The same
+mechanism rounds the key step's probability tile to bf16 with `vcvtne2ps2bf16`
+(`build_trunc_helper`).
 
 The products are exact and summed in f32 (the instruction flushes denormals): results differ
 from the widening path in the last f32 bits, far inside the bf16 tolerance.
@@ -34,16 +32,14 @@ from the widening path in the last f32 bits, far inside the bf16 tolerance.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Sequence
 
 from iree.compiler import ir
 from iree.compiler.dialects import arith, llvm, transform, util, vector
 from iree.compiler.dialects import preprocessing_transform as pre
-from iree.compiler.dialects.transform import structured
 
-from tdkit.strategies import iree_ops
+from tdkit.strategies import x86_helpers
 
 INTRINSIC = "llvm.x86.avx512bf16.dpbf16ps.512"
 # Two 16-lane f32 vectors (a, b) to 32 bf16 lanes [b, a], rounding to nearest even.
@@ -53,14 +49,9 @@ LANES = 16  # f32 lanes of one vdpbf16ps (512 bits)
 CPU_FLAG = "avx512_bf16"  # /proc/cpuinfo
 
 
-@functools.cache
 def host_supports() -> bool:
     """Whether this machine's CPU has AVX512_BF16 (the library targets the host CPU)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(CPU_FLAG in line.split() for line in f if line.startswith("flags"))
-    except OSError:
-        return False
+    return x86_helpers.host_has(CPU_FLAG)
 
 
 def pair_types(batched: bool, mid: Sequence[int], rows: int
@@ -285,25 +276,6 @@ def build_packed_qk_matcher(name: str, batched: bool, key_tile: int, rows: int
     return seq
 
 
-def build_pair_action(name: str, helper: str, inputs: int = 3) -> transform.NamedSequenceOp:
-    """`@name(v_1 .. v_inputs, op)`: import `@helper` into the dispatch's module and inline
-    it, called with the matched values, in place of `op` (replacing the uses of its
-    result)."""
-    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
-    readonly = {"transform.readonly": ir.UnitAttr.get()}
-    seq = transform.NamedSequenceOp(name, [any_value] * inputs + [any_op], [],
-                                    arg_attrs=[readonly] * (inputs + 1))
-    with ir.InsertionPoint(seq.body):
-        *values, op = seq.body.arguments
-        out = transform.GetResultOp(any_value, op, [0]).result
-        module = iree_ops.nearest_symbol_table(op)
-        fn = iree_ops.import_symbol(helper, module)
-        merged = values[0] if len(values) == 1 else transform.MergeHandlesOp(values).result
-        iree_ops.inline_call(fn, merged, out, op)
-        transform.YieldOp()
-    return seq
-
-
 def trunc_types(batched: bool, key_tile: int, rows: int) -> tuple[ir.Type, ir.Type]:
     """(f32, bf16) vector types of the key step's probability tile `[1,] key_tile x rows`."""
     lead = [1] if batched else []
@@ -365,55 +337,33 @@ def build_trunc_matcher(name: str, batched: bool, key_tile: int, rows: int
 
 def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], rows: int,
          trunc_keys: int | None = None, packed_qk: int | None = None
-         ) -> list[tuple[str, str]]:
+         ) -> list[x86_helpers.Helper]:
     """The helper, matcher and action of spec `spec`, at the current insertion point (the
     transform library's module body): with `packed_qk` (the key tile), for the pair-packed
     Q·Kᵀ step (`build_packed_qk_helper`); for each (tag, mid) block shape of `blocks`
     (`build_dot_helper`); with `trunc_keys`, for rounding the `trunc_keys x rows`
-    probability tile (`build_trunc_helper`). Returns the (matcher, action) names."""
+    probability tile (`build_trunc_helper`). Returns them for `x86_helpers.apply_helpers`."""
     pairs = []
     if packed_qk is not None:
         helper = f"{spec}_qk_dot_bf16"
         build_packed_qk_helper(helper, batched, packed_qk, rows)
         matcher, action = f"{spec}_qk_bf16_pairs_match", f"{spec}_qk_bf16_pairs_dot"
         build_packed_qk_matcher(matcher, batched, packed_qk, rows)
-        build_pair_action(action, helper)
-        pairs.append((matcher, action))
+        x86_helpers.build_call_action(action, helper, inputs=3)
+        pairs.append((matcher, action, ""))
     for tag, mid in blocks:
         helper = f"{spec}_{tag}_dot_bf16"
         uniform = uniform_pv(tag, mid, rows)
         build_dot_helper(helper, batched, mid, rows, uniform)
         matcher, action = f"{spec}_{tag}_bf16_pairs_match", f"{spec}_{tag}_bf16_pairs_dot"
         build_pair_matcher(matcher, batched, mid, rows, uniform)
-        build_pair_action(action, helper)
-        pairs.append((matcher, action))
+        x86_helpers.build_call_action(action, helper, inputs=3)
+        pairs.append((matcher, action, ""))
     if trunc_keys is not None:
         helper = f"{spec}_p_to_bf16"
         build_trunc_helper(helper, batched, trunc_keys, rows)
         matcher, action = f"{spec}_p_truncf_match", f"{spec}_p_truncf_cvt"
         build_trunc_matcher(matcher, batched, trunc_keys, rows)
-        build_pair_action(action, helper, inputs=1)
-        pairs.append((matcher, action))
+        x86_helpers.build_call_action(action, helper, inputs=1)
+        pairs.append((matcher, action, ""))
     return pairs
-
-
-def use_dot(func: ir.Value, pairs: Sequence[tuple[str, str]]) -> ir.Value:
-    """Inside a codegen spec, after vectorization: replace every matching block step in
-    `func`; returns the func handle."""
-    any_op = transform.AnyOpType.get()
-    matchers = ir.ArrayAttr.get([ir.FlatSymbolRefAttr.get(m) for m, _ in pairs])
-    actions = ir.ArrayAttr.get([ir.FlatSymbolRefAttr.get(a) for _, a in pairs])
-    updated = transform.ForeachMatchOp(any_op, [], func, [], matchers, actions)
-    transform.ApplyDeadCodeEliminationOp(updated.updated)
-    # Not applied is an error, not a silent fallback to the widening path: every block shape's
-    # action must have run, i.e. imported its helper (once) into the dispatch's module.
-    helpers = structured.MatchOp.match_op_names(iree_ops.nearest_symbol_table(updated.updated),
-                                                ["util.func"]).result
-    transform.SplitHandleOp([any_op] * len(pairs), helpers, pass_through_empty_handle=False)
-    return updated.updated
-
-
-def drop_helpers(func: ir.Value) -> None:
-    """Remove the imported (now unused) helpers: `symbol-dce` on the func's module. Invalidates
-    handles to ops in that module, so it comes last."""
-    iree_ops.apply_registered_pass(iree_ops.nearest_symbol_table(func), "symbol-dce")

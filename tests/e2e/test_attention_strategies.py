@@ -243,13 +243,18 @@ def test_flash_splits_the_running_max_in_the_dispatch(problem: Attention, tmp_pa
     # The split is guarded by operand types (only full key tiles): if the guard stopped
     # matching, the chain of maxima would silently come back. 16 keys in one chain lower to
     # 16 element-wise maxima per key step; 4 partial chains of 4 plus the combining 4 (and
-    # the split's own) are fewer.
-    def maxima(knobs: dict[str, str] | None) -> int:
-        text = strategy_ir(problem, "flash", knobs, form=None,
+    # the split's own) are fewer. With `vmaxps` (the default) the full tiles' maxima are
+    # vmaxps calls and fewer maximumf are left than without.
+    def dispatch(knobs: dict[str, str]) -> str:
+        return strategy_ir(problem, "flash", knobs, form=None,
                            cfg=HarnessConfig(artifacts=tmp_path / str(knobs)))
-        return text.count("arith.maximumf")
 
-    assert maxima(None) < maxima({"max_split": "0"})
+    off = {"vmaxps": "false"}
+    assert (dispatch(off).count("arith.maximumf")
+            < dispatch({**off, "max_split": "0"}).count("arith.maximumf"))
+    default = dispatch({})
+    assert "llvm.x86.avx512.max.ps.512" in default
+    assert default.count("arith.maximumf") < dispatch(off).count("arith.maximumf")
 
 
 # --- Matchers before dispatch formation, on the IR a preprocessing spec really sees ----------

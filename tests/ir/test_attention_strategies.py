@@ -672,14 +672,20 @@ CHECK-SAME: inner_perm = [1, 0]
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 2, 0, 0]
 CHECK: transform.structured.tile_using_for %{{.*}} tile_sizes [0, 1, 0, 0, 0]
 CHECK: transform.structured.vectorize_children_and_apply_patterns
+CHECK: %[[MAXES:.*]] = transform.structured.match ops{["vector.multi_reduction"]}
+CHECK-SAME: attributes {kind = #vector.kind<maximumf>}
+CHECK-NEXT: transform.foreach_match restrict_root in %[[MAXES]]
+CHECK-NEXT: @[[S:tdkit_attention_flash_b_bf16]]_max0_match -> @[[S]]_max0_vmaxps_call
+CHECK-NEXT: @[[S]]_max1_match -> @[[S]]_max1_vmaxps_call
 CHECK: transform.foreach_match in %{{.*}}
-CHECK-NEXT: @[[S:tdkit_attention_flash_b_bf16]]_qk_bf16_pairs_match -> @[[S]]_qk_bf16_pairs_dot
+CHECK-NEXT: @[[S]]_qk_bf16_pairs_match -> @[[S]]_qk_bf16_pairs_dot
 CHECK-NEXT: @[[S]]_pv_bf16_pairs_match -> @[[S]]_pv_bf16_pairs_dot
 CHECK-NEXT: @[[S]]_p_truncf_match -> @[[S]]_p_truncf_cvt
 CHECK: %[[MOD:.*]] = transform.util.get_nearest_symbol_table
 CHECK-NEXT: %[[HELPERS:.*]] = transform.structured.match ops{["util.func"]} in %[[MOD]]
 CHECK-NEXT: transform.split_handle %[[HELPERS]] pass_through_empty_handle = false
-CHECK-SAME: -> (!transform.any_op, !transform.any_op, !transform.any_op)
+CHECK-SAME: -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op,
+CHECK-SAME: !transform.any_op)
 CHECK: transform.iree.bufferize
 CHECK: transform.apply_patterns.vector.flatten_vector_transfer_ops
 CHECK: transform.annotate %{{.*}} "translation_info"
@@ -695,6 +701,61 @@ CHECK-NEXT: transform.apply_registered_pass "symbol-dce"
                            (Attention((2,), 64, 64, 65, n=64, dtype=DType.BF16), BLOCKED),
                            (Attention((2,), 64, 64, 64, dtype=DType.BF16), FlashKnobs())]:
         assert "dpbf16ps" not in flash_library(problem, **knobs.__dict__)
+
+
+def test_flash_row_maxima_run_on_vmaxps(filecheck) -> None:
+    # The split running max (2 partial maxima of 4 keys, then their combination) is replaced
+    # by helpers calling vmaxps, matched by type among the <maximumf> reductions only; the
+    # spec fails unless both were used. f32 too: the helpers are not bf16-specific.
+    text = flash_library(Attention((2,), 64, 64, 64), **BLOCKED.__dict__)
+    filecheck(text, """
+CHECK-LABEL: util.func private @tdkit_attention_flash_b_f32_max0_vmaxps(
+CHECK-SAME: %{{.*}}: vector<1x2x4x32xf32>, %{{.*}}: vector<1x2x32xf32>) -> vector<1x2x32xf32>
+CHECK-COUNT-16: llvm.call_intrinsic "llvm.x86.avx512.max.ps.512"
+CHECK-NOT: arith.maximumf
+CHECK: util.return
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32_max0_match(
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x4x32xf32>
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x2x32xf32>
+CHECK-LABEL: util.func private @tdkit_attention_flash_b_f32_max1_vmaxps(
+CHECK-SAME: %{{.*}}: vector<1x2x32xf32>, %{{.*}}: vector<1x32xf32>) -> vector<1x32xf32>
+CHECK-COUNT-4: llvm.call_intrinsic "llvm.x86.avx512.max.ps.512"
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
+CHECK: transform.foreach_match restrict_root in %{{.*}}
+CHECK-NEXT: @[[S:tdkit_attention_flash_b_f32]]_max0_match -> @[[S]]_max0_vmaxps_call
+CHECK-NEXT: @[[S]]_max1_match -> @[[S]]_max1_vmaxps_call
+CHECK: transform.split_handle %{{.*}} pass_through_empty_handle = false
+CHECK-SAME: -> (!transform.any_op, !transform.any_op)
+CHECK: transform.apply_registered_pass "symbol-dce"
+""")
+    off = flash_library(Attention((2,), 64, 64, 64), **{**BLOCKED.__dict__, "vmaxps": False})
+    assert "max.ps" not in off and "symbol-dce" not in off
+    # 4 partial maxima of 4 keys: the types would not tell the reduced dim, so no helpers.
+    assert "max.ps" not in flash_library(Attention((2,), 64, 64, 64), rows=16, key_tile=16,
+                                         max_split=4)
+    with pytest.raises(KnobError, match="vmaxps must be true or false"):
+        FlashKnobs(vmaxps="yes").check()
+
+
+def test_max_helper_folds_every_row_into_the_accumulator() -> None:
+    from iree.compiler.dialects import builtin
+
+    from tdkit.strategies import x86_helpers
+
+    with ir.Context(), ir.Location.unknown():
+        module = builtin.ModuleOp()
+        with ir.InsertionPoint(module.body):
+            x86_helpers.build_max_helper("a", False, (2, 4, 32), 1)
+            x86_helpers.build_max_helper("b", False, (8, 16), 0)
+        assert module.operation.verify()
+        text = str(module)
+    assert text.count("llvm.x86.avx512.max.ps.512") == 2 * 4 * 2 + 8
+    assert not x86_helpers.maxima_forced((4, 4, 16), 1) and x86_helpers.maxima_forced((2, 4, 32), 1)
+    with pytest.raises(ValueError, match="ambiguous"):
+        with ir.Context(), ir.Location.unknown():
+            module = builtin.ModuleOp()
+            with ir.InsertionPoint(module.body):
+                x86_helpers.emit_maxima("s", False, [((4, 4, 16), 1)])
 
 
 def test_flash_bf16_dot_knob_is_checked() -> None:
