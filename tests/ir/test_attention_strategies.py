@@ -200,14 +200,18 @@ CHECK-SAME: disable_transfer_permutation_map_lowering_patterns>
 CHECK: transform.loop.hoist_loop_invariant_subsets
 CHECK: transform.apply_patterns.vector.transfer_permutation_patterns
 CHECK: transform.iree.apply_licm %[[VEC]]
-CHECK: transform.iree.eliminate_empty_tensors %[[VEC]]
-CHECK: %[[BUF:.*]] = transform.iree.bufferize %[[VEC]]
+CHECK: %[[UPD:.*]] = transform.foreach_match in %[[VEC]]
+CHECK-NEXT: @{{.*}}_exp0_match -> @{{.*}}_exp0_scalef_call
+CHECK: transform.iree.eliminate_empty_tensors %[[UPD]]
+CHECK: %[[BUF:.*]] = transform.iree.bufferize %[[UPD]]
 CHECK: %[[HOIST:.*]] = transform.structured.hoist_redundant_vector_transfers %[[BUF]]
 CHECK-NOT: innerreduction
 CHECK: transform.apply_patterns.vector.multi_reduction_flattening
 CHECK-NOT: innerreduction
 CHECK: transform.apply_patterns.vector.lower_transfer
 CHECK: transform.annotate %[[HOIST]] "translation_info"
+CHECK-NEXT: transform.util.get_nearest_symbol_table %[[HOIST]]
+CHECK-NEXT: transform.apply_registered_pass "symbol-dce"
 CHECK-NEXT: transform.yield
 CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_floatmask_f32_match(
 CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_floatmask_f32_select(
@@ -685,7 +689,7 @@ CHECK: %[[MOD:.*]] = transform.util.get_nearest_symbol_table
 CHECK-NEXT: %[[HELPERS:.*]] = transform.structured.match ops{["util.func"]} in %[[MOD]]
 CHECK-NEXT: transform.split_handle %[[HELPERS]] pass_through_empty_handle = false
 CHECK-SAME: -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op,
-CHECK-SAME: !transform.any_op)
+CHECK-SAME: !transform.any_op, !transform.any_op, !transform.any_op)
 CHECK: transform.iree.bufferize
 CHECK: transform.apply_patterns.vector.flatten_vector_transfer_ops
 CHECK: transform.annotate %{{.*}} "translation_info"
@@ -725,16 +729,78 @@ CHECK: transform.foreach_match restrict_root in %{{.*}}
 CHECK-NEXT: @[[S:tdkit_attention_flash_b_f32]]_max0_match -> @[[S]]_max0_vmaxps_call
 CHECK-NEXT: @[[S]]_max1_match -> @[[S]]_max1_vmaxps_call
 CHECK: transform.split_handle %{{.*}} pass_through_empty_handle = false
-CHECK-SAME: -> (!transform.any_op, !transform.any_op)
+CHECK-SAME: -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
 CHECK: transform.apply_registered_pass "symbol-dce"
 """)
-    off = flash_library(Attention((2,), 64, 64, 64), **{**BLOCKED.__dict__, "vmaxps": False})
+    off = flash_library(Attention((2,), 64, 64, 64),
+                        **{**BLOCKED.__dict__, "vmaxps": False, "fast_exp": False})
     assert "max.ps" not in off and "symbol-dce" not in off
     # 4 partial maxima of 4 keys: the types would not tell the reduced dim, so no helpers.
-    assert "max.ps" not in flash_library(Attention((2,), 64, 64, 64), rows=16, key_tile=16,
-                                         max_split=4)
+    assert "vmaxps_call" not in flash_library(Attention((2,), 64, 64, 64), rows=16,
+                                              key_tile=16, max_split=4)
     with pytest.raises(KnobError, match="vmaxps must be true or false"):
         FlashKnobs(vmaxps="yes").check()
+
+
+def test_flash_exps_run_on_vscalefps(filecheck) -> None:
+    # The key step's probabilities (8 keys x 32 rows) and rescale factors (32 rows).
+    text = flash_library(Attention((2,), 64, 64, 64), **BLOCKED.__dict__)
+    filecheck(text, """
+CHECK-LABEL: util.func private @tdkit_attention_flash_b_f32_exp0_scalef(
+CHECK-SAME: %{{.*}}: vector<1x8x32xf32>) -> vector<1x8x32xf32>
+CHECK-COUNT-16: llvm.call_intrinsic "llvm.x86.avx512.mask.scalef.ps.512"
+CHECK-NOT: math.exp
+CHECK: util.return
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32_exp0_match(
+CHECK: transform.match.operation_name %{{.*}} ["math.exp"]
+CHECK: transform.iree.match.cast_compatible_type %{{.*}} = vector<1x8x32xf32>
+CHECK-LABEL: util.func private @tdkit_attention_flash_b_f32_exp1_scalef(
+CHECK-SAME: %{{.*}}: vector<1x32xf32>) -> vector<1x32xf32>
+CHECK-LABEL: transform.named_sequence @tdkit_attention_flash_b_f32(
+CHECK: transform.foreach_match in
+CHECK-NEXT: @[[S:tdkit_attention_flash_b_f32]]_exp0_match -> @[[S]]_exp0_scalef_call
+CHECK-NEXT: @[[S]]_exp1_match -> @[[S]]_exp1_scalef_call
+""")
+    off = flash_library(Attention((2,), 64, 64, 64), **{**BLOCKED.__dict__, "fast_exp": False})
+    assert "scalef" not in off and "max.ps" in off
+    with pytest.raises(KnobError, match="fast_exp must be true or false"):
+        FlashKnobs(fast_exp=1).check()
+
+
+def test_exp_helper_matches_numpy_on_the_edges() -> None:
+    # The helper's arithmetic, replayed in float32 numpy with the same constants, against
+    # float64 exp: a few ulps inside the range, 0 for -inf and below -110, NaN stays NaN.
+    import numpy as np
+
+    from tdkit.strategies import x86_helpers as xh
+
+    x = np.concatenate([np.linspace(-110, 88, 20001), [-np.inf, -200.0, 0.0, -0.0, np.nan]])
+    v = np.minimum(np.float32(xh.EXP_INPUT_RANGE[1]),
+                   np.maximum(np.float32(xh.EXP_INPUT_RANGE[0]), x.astype(np.float32)))
+    v = np.where(np.isnan(x), np.float32(np.nan), v).astype(np.float32)
+    n = np.round(v * np.float32(xh.LOG2E_HI)).astype(np.float32)
+    f = (v.astype(np.float64) * np.float32(xh.LOG2E_HI) - n).astype(np.float32)
+    f = (v.astype(np.float64) * np.float32(xh.LOG2E_LO) + f).astype(np.float32)
+    p = np.float32(xh.EXP2_TAYLOR[-1])
+    for c in reversed(xh.EXP2_TAYLOR[:-1]):
+        p = (p.astype(np.float64) * f + np.float32(c)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # vscalefps rounds its result to f32: below the denormals it is 0
+        got = np.ldexp(p.astype(np.float64), np.nan_to_num(n).astype(np.int64))
+        got = got.astype(np.float32).astype(np.float64)
+        want = np.exp(v.astype(np.float64))  # of the f32 input the kernel sees
+    finite = np.isfinite(x) & (x > -87)
+    rel = np.abs(got[finite] - want[finite]) / want[finite]
+    assert rel.max() < 4e-7, rel.max()
+    assert got[-5] == 0.0 and got[-4] == 0.0 and got[-3] == 1.0 and np.isnan(got[-1])
+    with ir.Context(), ir.Location.unknown():
+        from iree.compiler.dialects import builtin
+
+        module = builtin.ModuleOp()
+        with ir.InsertionPoint(module.body):
+            xh.build_exp_helper("e", True, (8, 32))
+        assert module.operation.verify()
+        assert str(module).count("scalef") == 8 * 2
 
 
 def test_max_helper_folds_every_row_into_the_accumulator() -> None:
