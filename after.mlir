@@ -1,1 +1,0 @@
-error opening input file: cannot open input file 'payload.mlir': No such file or directory
