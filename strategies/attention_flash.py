@@ -132,8 +132,8 @@ class FlashKnobs:
       fast_exp: with layout "mlanes" and whole 16-lane row vectors, compute the full key
         tiles' exps (probabilities and rescale factors) with `vscalefps` and a degree-6
         polynomial (`x86_helpers.build_exp_helper`, within a few f32 ulps) instead of IREE's
-        `math.exp` lowering, about 12 instructions per 16 lanes instead of 20. `fit()` turns
-        it off on a CPU without AVX-512.
+        `math.exp` lowering, about 12 instructions per 16 lanes instead of 20; not with
+        `exp2`. `fit()` turns it off on a CPU without AVX-512.
     """
 
     rows: int = 16
@@ -574,10 +574,13 @@ def pack_query_rows(qk: ir.Value, pred: CodegenPredicate, knobs: FlashKnobs) -> 
 
 def uses_bf16_dot(knobs: FlashKnobs, pred: CodegenPredicate) -> bool:
     """Whether both matmuls run on `vdpbf16ps` (`FlashKnobs.bf16_dot`): bf16 inputs, the
-    packed outer-product kernel, an even head dim, a known N and whole 16-lane row vectors."""
+    packed outer-product kernel, an even head dim, a known N, whole 16-lane row vectors, and
+    rows, key_tile and 2 all different (`x86_bf16.build_packed_qk_matcher`)."""
     return (knobs.bf16_dot and unrolls_matmuls(knobs) and pred.dtype == DType.BF16
             and pred.head_dim is not None and pred.head_dim % 2 == 0
-            and pred.value_dim is not None and knobs.rows % x86_bf16.LANES == 0)
+            and pred.value_dim is not None and knobs.rows % x86_bf16.LANES == 0
+            # the pair-packed Q·Kᵀ matcher tells its operands apart by their sizes
+            and len({knobs.rows, knobs.key_tile, 2}) == 3)
 
 
 def unroll_matmuls(func: ir.Value, pred: CodegenPredicate, step: int = 1) -> None:
@@ -853,16 +856,20 @@ def exp_shapes(knobs: FlashKnobs) -> list[tuple[int, ...]]:
 
 def uses_fast_exp(knobs: FlashKnobs) -> bool:
     """Whether the key step's exps run on `x86_helpers.build_exp_helper`
-    (`FlashKnobs.fast_exp`): layout "mlanes" and whole 16-lane row vectors."""
-    return (knobs.fast_exp and knobs.layout == "mlanes"
+    (`FlashKnobs.fast_exp`): layout "mlanes", whole 16-lane row vectors, and `math.exp`
+    (with `exp2` the decomposition emits `math.exp2`)."""
+    return (knobs.fast_exp and not knobs.exp2 and knobs.layout == "mlanes"
             and knobs.rows % x86_helpers.LANES == 0)
 
 
 def uses_vmaxps(knobs: FlashKnobs) -> bool:
     """Whether the row maxima run on `vmaxps` (`FlashKnobs.vmaxps`): layout "mlanes", whole
-    16-lane row vectors, and maxima whose types fix their reduction dims."""
+    16-lane row vectors, and maxima whose types fix their reduction dims, each over at least
+    two elements (a split into single keys, key_tile 4 with max_split 4, leaves partial
+    "maxima" of one key that canonicalization folds away)."""
     return (knobs.vmaxps and knobs.layout == "mlanes" and knobs.rows % x86_helpers.LANES == 0
-            and all(x86_helpers.maxima_forced(src, dim) for src, dim in row_maxima(knobs)))
+            and all(x86_helpers.maxima_forced(src, dim) and src[dim] > 1
+                    for src, dim in row_maxima(knobs)))
 
 
 def build_codegen_spec(name: str, knobs: FlashKnobs, pred: CodegenPredicate

@@ -763,6 +763,10 @@ CHECK-NEXT: @[[S]]_exp1_match -> @[[S]]_exp1_scalef_call
 """)
     off = flash_library(Attention((2,), 64, 64, 64), **{**BLOCKED.__dict__, "fast_exp": False})
     assert "scalef" not in off and "max.ps" in off
+    # exp2 decomposes into math.exp2, which the helper does not replace (a tune sweep's
+    # exp2 candidate failed to compile when it was emitted anyway).
+    exp2 = flash_library(Attention((2,), 64, 64, 64), **{**BLOCKED.__dict__, "exp2": True})
+    assert "scalef" not in exp2 and "vmaxps_call" in exp2
     with pytest.raises(KnobError, match="fast_exp must be true or false"):
         FlashKnobs(fast_exp=1).check()
 
@@ -801,6 +805,21 @@ def test_exp_helper_matches_numpy_on_the_edges() -> None:
             xh.build_exp_helper("e", True, (8, 32))
         assert module.operation.verify()
         assert str(module).count("scalef") == 8 * 2
+
+
+def test_helpers_are_left_out_where_their_types_would_not_tell_them_apart() -> None:
+    # Found by compiling every mlanes rows x key_tile x max_split x outer_products combination:
+    # 4 keys split 4 ways leave one-key "maxima" that canonicalization folds (the spec then
+    # failed: helper not used); 16 rows x 16 keys cannot tell the packed Q pairs from K's
+    # (an internal error).
+    from tdkit.strategies import attention_flash as af
+
+    assert not af.uses_vmaxps(FlashKnobs(rows=16, key_tile=4, max_split=4))
+    assert af.uses_vmaxps(FlashKnobs(rows=16, key_tile=8, max_split=4))
+    bf16 = Attention((2,), 64, 128, 64, dtype=DType.BF16)
+    text = flash_library(bf16, rows=16, key_tile=16, max_split=0, outer_products=True)
+    assert "dpbf16ps" not in text
+    assert "dpbf16ps" in flash_library(bf16, rows=16, key_tile=8, outer_products=True)
 
 
 def test_max_helper_folds_every_row_into_the_accumulator() -> None:
