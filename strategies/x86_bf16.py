@@ -58,7 +58,8 @@ def pair_types(batched: bool, mid: Sequence[int], rows: int
                ) -> tuple[ir.Type, ir.Type, ir.Type]:
     """(accumulator, bf16 operand, f32 product) vector types of one block step:
     `[1,] mid x rows` f32 and `[1,] 2 x mid x rows`. `mid` is `(key_tile, 1)` for Q·Kᵀ's
-    score block, `(value_tile,)` for P·V's accumulator tile."""
+    score block (no longer emitted: Q·Kᵀ is pair-packed, `packed_qk_types`),
+    `(value_tile,)` for P·V's accumulator tile."""
     lead = [1] if batched else []
     f32, bf16 = ir.F32Type.get(), ir.BF16Type.get()
     return (ir.VectorType.get(lead + [*mid, rows], f32),
@@ -134,6 +135,35 @@ def build_dot_helper(symbol: str, batched: bool, mid: Sequence[int], rows: int,
     return fn
 
 
+def _match_pair_step(op: ir.Value, prod_t: ir.Type, acc_t: ir.Type
+                     ) -> tuple[ir.Value, ir.Value]:
+    """Inside a matcher: `op` is a `vector.multi_reduction` of a product of type `prod_t`
+    into an accumulator of type `acc_t`, that product an `arith.mulf`. Returns (acc, mulf)."""
+    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
+    transform.MatchOperationNameOp(op, ["vector.multi_reduction"])
+    pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, op, [0]).result, prod_t)
+    acc = transform.GetOperandOp(any_value, op, [1]).result
+    pre.MatchCastCompatibleTypesOp(acc, acc_t)
+    mul = transform.GetProducerOfOperand(any_op, op, 0).result
+    transform.MatchOperationNameOp(mul, ["arith.mulf"])
+    return acc, mul
+
+
+def _match_broadcast_source(value: ir.Value, spread_t: ir.Type, src_t: ir.Type) -> ir.Value:
+    """Inside a matcher: the op producing `value` is `vector.transpose(vector.broadcast(src))`
+    with the broadcast of type `spread_t` and `src` of type `src_t`; returns `src`."""
+    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
+    moved = transform.GetProducerOfOperand(any_op, value, 0).result
+    transform.MatchOperationNameOp(moved, ["vector.transpose"])
+    pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, moved, [0]).result,
+                                   spread_t)
+    bcast = transform.GetProducerOfOperand(any_op, moved, 0).result
+    transform.MatchOperationNameOp(bcast, ["vector.broadcast"])
+    src = transform.GetOperandOp(any_value, bcast, [0]).result
+    pre.MatchCastCompatibleTypesOp(src, src_t)
+    return src
+
+
 def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int,
                        uniform_b: bool = False) -> transform.NamedSequenceOp:
     """`@name(%op) -> (acc, a, b, op)`: a `vector.multi_reduction` of
@@ -152,13 +182,7 @@ def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int,
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
         op = seq.bodyTarget
-        transform.MatchOperationNameOp(op, ["vector.multi_reduction"])
-        pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, op, [0]).result,
-                                       prod_t)
-        acc = transform.GetOperandOp(any_value, op, [1]).result
-        pre.MatchCastCompatibleTypesOp(acc, acc_t)
-        mul = transform.GetProducerOfOperand(any_op, op, 0).result
-        transform.MatchOperationNameOp(mul, ["arith.mulf"])
+        acc, mul = _match_pair_step(op, prod_t, acc_t)
         operands = []
         for i in range(2):
             ext = transform.GetProducerOfOperand(any_op, mul, i).result
@@ -166,14 +190,7 @@ def build_pair_matcher(name: str, batched: bool, mid: Sequence[int], rows: int,
             value = transform.GetOperandOp(any_value, ext, [0]).result
             pre.MatchCastCompatibleTypesOp(value, src_t)
             if uniform_b and i == 1:
-                moved = transform.GetProducerOfOperand(any_op, ext, 0).result
-                transform.MatchOperationNameOp(moved, ["vector.transpose"])
-                spread = transform.GetOperandOp(any_value, moved, [0]).result
-                pre.MatchCastCompatibleTypesOp(spread, spread_t)
-                bcast = transform.GetProducerOfOperand(any_op, moved, 0).result
-                transform.MatchOperationNameOp(bcast, ["vector.broadcast"])
-                value = transform.GetOperandOp(any_value, bcast, [0]).result
-                pre.MatchCastCompatibleTypesOp(value, uniform_t)
+                value = _match_broadcast_source(ext, spread_t, uniform_t)
             operands.append(value)
         transform.YieldOp([acc, *operands, op])
     return seq
@@ -250,28 +267,14 @@ def build_packed_qk_matcher(name: str, batched: bool, key_tile: int, rows: int
                                     arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
     with ir.InsertionPoint(seq.body):
         op = seq.bodyTarget
-        transform.MatchOperationNameOp(op, ["vector.multi_reduction"])
-        pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, op, [0]).result,
-                                       prod_t)
-        acc = transform.GetOperandOp(any_value, op, [1]).result
-        pre.MatchCastCompatibleTypesOp(acc, acc_t)
-        mul = transform.GetProducerOfOperand(any_op, op, 0).result
-        transform.MatchOperationNameOp(mul, ["arith.mulf"])
+        acc, mul = _match_pair_step(op, prod_t, acc_t)
         sources = []
         for i, (src_t, spread_t) in enumerate(zip((q_t, k_t), spread, strict=True)):
             ext = transform.GetProducerOfOperand(any_op, mul, i).result
             transform.MatchOperationNameOp(ext, ["arith.extf"])
             pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, ext, [0]).result,
                                            op_t)
-            moved = transform.GetProducerOfOperand(any_op, ext, 0).result
-            transform.MatchOperationNameOp(moved, ["vector.transpose"])
-            pre.MatchCastCompatibleTypesOp(transform.GetOperandOp(any_value, moved, [0]).result,
-                                           spread_t)
-            bcast = transform.GetProducerOfOperand(any_op, moved, 0).result
-            transform.MatchOperationNameOp(bcast, ["vector.broadcast"])
-            value = transform.GetOperandOp(any_value, bcast, [0]).result
-            pre.MatchCastCompatibleTypesOp(value, src_t)
-            sources.append(value)
+            sources.append(_match_broadcast_source(ext, spread_t, src_t))
         transform.YieldOp([acc, *sources, op])
     return seq
 
@@ -322,17 +325,8 @@ def build_trunc_matcher(name: str, batched: bool, key_tile: int, rows: int
     """`@name(%op) -> (p, op)`: an `arith.truncf` of an f32 vector of the probability tile's
     type. (A matcher cannot read a result's type; in a bf16 kernel every truncf of f32 goes
     to bf16.)"""
-    f32_t, _ = trunc_types(batched, key_tile, rows)
-    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
-    seq = transform.NamedSequenceOp(name, [any_op], [any_value, any_op],
-                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
-    with ir.InsertionPoint(seq.body):
-        op = seq.bodyTarget
-        transform.MatchOperationNameOp(op, ["arith.truncf"])
-        p = transform.GetOperandOp(any_value, op, [0]).result
-        pre.MatchCastCompatibleTypesOp(p, f32_t)
-        transform.YieldOp([p, op])
-    return seq
+    return x86_helpers.build_operand_matcher(name, "arith.truncf",
+                                             [trunc_types(batched, key_tile, rows)[0]])
 
 
 def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], rows: int,
@@ -345,25 +339,22 @@ def emit(spec: str, batched: bool, blocks: Sequence[tuple[str, Sequence[int]]], 
     probability tile (`build_trunc_helper`). Returns them for `x86_helpers.apply_helpers`."""
     pairs = []
     if packed_qk is not None:
-        helper = f"{spec}_qk_dot_bf16"
-        build_packed_qk_helper(helper, batched, packed_qk, rows)
-        matcher, action = f"{spec}_qk_bf16_pairs_match", f"{spec}_qk_bf16_pairs_dot"
-        build_packed_qk_matcher(matcher, batched, packed_qk, rows)
-        x86_helpers.build_call_action(action, helper, inputs=3)
-        pairs.append((matcher, action, ""))
+        pairs.append(x86_helpers.emit_helper(
+            f"{spec}_qk_dot_bf16", lambda h: build_packed_qk_helper(h, batched, packed_qk, rows),
+            f"{spec}_qk_bf16_pairs_match",
+            lambda m: build_packed_qk_matcher(m, batched, packed_qk, rows),
+            f"{spec}_qk_bf16_pairs_dot", inputs=3))
     for tag, mid in blocks:
-        helper = f"{spec}_{tag}_dot_bf16"
         uniform = uniform_pv(tag, mid, rows)
-        build_dot_helper(helper, batched, mid, rows, uniform)
-        matcher, action = f"{spec}_{tag}_bf16_pairs_match", f"{spec}_{tag}_bf16_pairs_dot"
-        build_pair_matcher(matcher, batched, mid, rows, uniform)
-        x86_helpers.build_call_action(action, helper, inputs=3)
-        pairs.append((matcher, action, ""))
+        pairs.append(x86_helpers.emit_helper(
+            f"{spec}_{tag}_dot_bf16",
+            lambda h, mid=mid, u=uniform: build_dot_helper(h, batched, mid, rows, u),
+            f"{spec}_{tag}_bf16_pairs_match",
+            lambda m, mid=mid, u=uniform: build_pair_matcher(m, batched, mid, rows, u),
+            f"{spec}_{tag}_bf16_pairs_dot", inputs=3))
     if trunc_keys is not None:
-        helper = f"{spec}_p_to_bf16"
-        build_trunc_helper(helper, batched, trunc_keys, rows)
-        matcher, action = f"{spec}_p_truncf_match", f"{spec}_p_truncf_cvt"
-        build_trunc_matcher(matcher, batched, trunc_keys, rows)
-        x86_helpers.build_call_action(action, helper, inputs=1)
-        pairs.append((matcher, action, ""))
+        pairs.append(x86_helpers.emit_helper(
+            f"{spec}_p_to_bf16", lambda h: build_trunc_helper(h, batched, trunc_keys, rows),
+            f"{spec}_p_truncf_match", lambda m: build_trunc_matcher(m, batched, trunc_keys, rows),
+            f"{spec}_p_truncf_cvt", inputs=1))
     return pairs

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from iree.compiler import ir
 from iree.compiler.dialects import arith, llvm, math, transform, util, vector
@@ -62,6 +62,37 @@ def build_call_action(name: str, helper: str, inputs: int) -> transform.NamedSeq
         merged = values[0] if len(values) == 1 else transform.MergeHandlesOp(values).result
         iree_ops.inline_call(fn, merged, out, op)
         transform.YieldOp()
+    return seq
+
+
+def emit_helper(helper: str, build_helper: Callable[[str], object], matcher: str,
+                build_matcher: Callable[[str], object], action: str, inputs: int,
+                kind: str = "") -> Helper:
+    """At the current insertion point (the transform library's module body): the helper
+    `build_helper(helper)`, its matcher `build_matcher(matcher)` (yielding `inputs` values
+    and the op) and the action inlining the helper; returns them as a `Helper`."""
+    build_helper(helper)
+    build_matcher(matcher)
+    build_call_action(action, helper, inputs)
+    return (matcher, action, kind)
+
+
+def build_operand_matcher(name: str, op_name: str, operand_types: Sequence[ir.Type]
+                          ) -> transform.NamedSequenceOp:
+    """`@name(%op) -> (operand_0 .. operand_n, op)`: an `op_name` op whose leading operands
+    have exactly `operand_types`."""
+    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
+    seq = transform.NamedSequenceOp(name, [any_op], [any_value] * len(operand_types) + [any_op],
+                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
+    with ir.InsertionPoint(seq.body):
+        op = seq.bodyTarget
+        transform.MatchOperationNameOp(op, [op_name])
+        operands = []
+        for i, t in enumerate(operand_types):
+            value = transform.GetOperandOp(any_value, op, [i]).result
+            pre.MatchCastCompatibleTypesOp(value, t)
+            operands.append(value)
+        transform.YieldOp([*operands, op])
     return seq
 
 
@@ -176,19 +207,7 @@ def build_max_matcher(name: str, batched: bool, src: Sequence[int], dim: int
                       ) -> transform.NamedSequenceOp:
     """`@name(%op) -> (src, acc, op)`: a multi-reduction with exactly the step's types (run
     on `<maximumf>` reductions only: kind "maximumf" in `apply_helpers`)."""
-    src_t, res_t = max_types(batched, src, dim)
-    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
-    seq = transform.NamedSequenceOp(name, [any_op], [any_value] * 2 + [any_op],
-                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
-    with ir.InsertionPoint(seq.body):
-        op = seq.bodyTarget
-        transform.MatchOperationNameOp(op, ["vector.multi_reduction"])
-        x = transform.GetOperandOp(any_value, op, [0]).result
-        pre.MatchCastCompatibleTypesOp(x, src_t)
-        acc = transform.GetOperandOp(any_value, op, [1]).result
-        pre.MatchCastCompatibleTypesOp(acc, res_t)
-        transform.YieldOp([x, acc, op])
-    return seq
+    return build_operand_matcher(name, "vector.multi_reduction", max_types(batched, src, dim))
 
 
 def emit_maxima(spec: str, batched: bool, maxima: Sequence[tuple[Sequence[int], int]]
@@ -200,12 +219,10 @@ def emit_maxima(spec: str, batched: bool, maxima: Sequence[tuple[Sequence[int], 
     for i, (src, dim) in enumerate(maxima):
         if not maxima_forced(src, dim):
             raise ValueError(f"a maximum over dim {dim} of {list(src)} is ambiguous by type")
-        helper = f"{spec}_max{i}_vmaxps"
-        build_max_helper(helper, batched, src, dim)
-        matcher, action = f"{spec}_max{i}_match", f"{spec}_max{i}_vmaxps_call"
-        build_max_matcher(matcher, batched, src, dim)
-        build_call_action(action, helper, inputs=2)
-        helpers.append((matcher, action, "maximumf"))
+        helpers.append(emit_helper(
+            f"{spec}_max{i}_vmaxps", lambda h, s=src, d=dim: build_max_helper(h, batched, s, d),
+            f"{spec}_max{i}_match", lambda m, s=src, d=dim: build_max_matcher(m, batched, s, d),
+            f"{spec}_max{i}_vmaxps_call", inputs=2, kind="maximumf"))
     return helpers
 
 
@@ -289,27 +306,14 @@ def build_exp_helper(symbol: str, batched: bool, shape: Sequence[int]) -> util.F
 def build_exp_matcher(name: str, batched: bool, shape: Sequence[int]
                       ) -> transform.NamedSequenceOp:
     """`@name(%op) -> (x, op)`: a `math.exp` of exactly the step's f32 vector type."""
-    any_op, any_value = transform.AnyOpType.get(), transform.AnyValueType.get()
-    seq = transform.NamedSequenceOp(name, [any_op], [any_value, any_op],
-                                    arg_attrs=[{"transform.readonly": ir.UnitAttr.get()}])
-    with ir.InsertionPoint(seq.body):
-        op = seq.bodyTarget
-        transform.MatchOperationNameOp(op, ["math.exp"])
-        x = transform.GetOperandOp(any_value, op, [0]).result
-        pre.MatchCastCompatibleTypesOp(x, exp_type(batched, shape))
-        transform.YieldOp([x, op])
-    return seq
+    return build_operand_matcher(name, "math.exp", [exp_type(batched, shape)])
 
 
 def emit_exps(spec: str, batched: bool, shapes: Sequence[Sequence[int]]) -> list[Helper]:
     """The helper, matcher and action of an exp step of spec `spec` for each shape, at the
     current insertion point (the transform library's module body)."""
-    helpers = []
-    for i, shape in enumerate(shapes):
-        helper = f"{spec}_exp{i}_scalef"
-        build_exp_helper(helper, batched, shape)
-        matcher, action = f"{spec}_exp{i}_match", f"{spec}_exp{i}_scalef_call"
-        build_exp_matcher(matcher, batched, shape)
-        build_call_action(action, helper, inputs=1)
-        helpers.append((matcher, action, ""))
-    return helpers
+    return [emit_helper(f"{spec}_exp{i}_scalef",
+                        lambda h, s=shape: build_exp_helper(h, batched, s),
+                        f"{spec}_exp{i}_match", lambda m, s=shape: build_exp_matcher(m, batched, s),
+                        f"{spec}_exp{i}_scalef_call", inputs=1)
+            for i, shape in enumerate(shapes)]
